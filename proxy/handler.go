@@ -1,0 +1,290 @@
+// Package proxy owns request handling: the routing table, REST forwarding
+// through net/http/httputil.ReverseProxy, the WebSocket handshake and the
+// access log. Handler is the http.Handler of the public listeners; Apply
+// swaps in a new routing table atomically, so a reload never disturbs a
+// request in flight.
+package proxy
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-proxy/sluice/config"
+)
+
+// now is the clock of the forwarding path.
+var now = time.Now
+
+// Options are a Handler's collaborators.
+type Options struct {
+	// Logger receives operational messages (upstream errors at debug level,
+	// reload notes). nil discards them.
+	Logger *slog.Logger
+	// AccessLog receives one record per request and per WebSocket session.
+	// nil turns the access log off.
+	AccessLog *slog.Logger
+}
+
+// Handler routes and forwards requests. Its zero value is not usable; call
+// New.
+type Handler struct {
+	log    *slog.Logger
+	access *slog.Logger
+	table  atomic.Pointer[table]
+	shared *shared
+}
+
+// table is one configuration's routing state; immutable once built.
+type table struct {
+	cfg    *config.Config
+	router *Router
+}
+
+// shared is state that outlives a reload: upstream health, connection
+// pools and WebSocket connection counts, keyed so that the same upstream or
+// route name in the next configuration finds them again.
+type shared struct {
+	mu         sync.Mutex
+	upstreams  map[string]*upstream
+	wsRoutes   map[string]*wsRoute
+	transports transports
+}
+
+func (s *shared) upstream(u *url.URL) *upstream {
+	key := u.String()
+	if up := s.upstreams[key]; up != nil {
+		return up
+	}
+	up := &upstream{url: u, key: key}
+	s.upstreams[key] = up
+	return up
+}
+
+func (s *shared) wsRoute(name string) *wsRoute {
+	if w := s.wsRoutes[name]; w != nil {
+		return w
+	}
+	w := &wsRoute{perIP: make(map[string]int)}
+	s.wsRoutes[name] = w
+	return w
+}
+
+// New returns a Handler serving cfg.
+func New(cfg *config.Config, opts Options) *Handler {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &Handler{
+		log:    opts.Logger,
+		access: opts.AccessLog,
+		shared: &shared{upstreams: map[string]*upstream{}, wsRoutes: map[string]*wsRoute{}},
+	}
+	h.Apply(cfg)
+	return h
+}
+
+// Apply makes cfg the configuration for every request that starts from now
+// on. Requests and WebSocket sessions already running keep the routes (and
+// limits) they started with.
+func (h *Handler) Apply(cfg *config.Config) {
+	sh := h.shared
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	// Keep the shared state of what the new configuration still names, so
+	// health and counters carry over and removed entries are forgotten.
+	oldUps, oldWS := sh.upstreams, sh.wsRoutes
+	sh.upstreams = make(map[string]*upstream, len(oldUps))
+	sh.wsRoutes = make(map[string]*wsRoute, len(oldWS))
+	routes := make([]*Route, len(cfg.Routes))
+	for i := range cfg.Routes {
+		rc := &cfg.Routes[i]
+		for _, u := range rc.Upstreams {
+			if up := oldUps[u.String()]; up != nil {
+				sh.upstreams[up.key] = up
+			}
+		}
+		if w := oldWS[rc.Name]; w != nil {
+			sh.wsRoutes[rc.Name] = w
+		}
+		routes[i] = newRoute(rc, cfg.TrustedProxies, sh, h.log)
+	}
+	h.table.Store(&table{cfg: cfg, router: NewRouter(routes)})
+}
+
+// Config returns the configuration currently served.
+func (h *Handler) Config() *config.Config { return h.table.Load().cfg }
+
+// Close releases idle upstream connections.
+func (h *Handler) Close() { h.shared.transports.closeIdle() }
+
+// ServeHTTP routes r and forwards it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x := &exchange{start: now()}
+	x.rec.ResponseWriter = w
+	x.info.path = cleanPath(r.URL.Path)
+	t := h.table.Load()
+	route, hostMatched := t.router.Lookup(r.Host, x.info.path)
+	// An absolute-form target ("GET http://elsewhere/ HTTP/1.1") is served
+	// only when a route names its host: sluice is never an open proxy.
+	if route != nil && !hostMatched && r.URL.IsAbs() {
+		route = nil
+	}
+	x.route = route
+	switch {
+	case route == nil:
+		x.info.reason = "no_route"
+		plainError(&x.rec, http.StatusNotFound, "no route for this host and path")
+	case isWebSocketUpgrade(r):
+		h.serveWebSocket(x, r)
+	default:
+		h.forward(x, r)
+	}
+	h.logRequest(x, r)
+}
+
+func (h *Handler) forward(x *exchange, r *http.Request) {
+	cfg := x.route.cfg
+	if cfg.MaxBody > 0 && r.ContentLength > cfg.MaxBody {
+		x.info.reason = "body_too_large"
+		x.rec.Header().Set("Connection", "close")
+		plainError(&x.rec, http.StatusRequestEntityTooLarge, "request body too large")
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		x.body = countingBody{rc: r.Body, max: cfg.MaxBody}
+		r.Body = &x.body
+	}
+	r = r.WithContext(withInfo(r.Context(), &x.info))
+	x.route.rp.ServeHTTP(&x.rec, r)
+}
+
+// exchange gathers what the access log needs about one request, in one
+// allocation.
+type exchange struct {
+	start time.Time
+	route *Route
+	rec   recorder
+	body  countingBody
+	info  requestInfo
+}
+
+func (h *Handler) logRequest(x *exchange, r *http.Request) {
+	if h.access == nil {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
+		slog.String("client", clientIP(r.RemoteAddr)),
+		slog.String("method", r.Method),
+		slog.String("host", r.Host),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", x.rec.status),
+		slog.Int64("bytes_in", x.body.n),
+		slog.Int64("bytes_out", x.rec.written),
+		slog.Float64("duration_ms", float64(now().Sub(x.start).Microseconds())/1000),
+	)
+	if x.route != nil {
+		attrs = append(attrs, slog.String("route", x.route.cfg.Name))
+	}
+	if x.info.upstream != nil {
+		attrs = append(attrs, slog.String("upstream", x.info.upstream.key))
+	}
+	if x.info.retried {
+		attrs = append(attrs, slog.Bool("retried", true))
+	}
+	if x.info.reason != "" {
+		errText := x.info.reason
+		if x.info.err != nil {
+			errText += ": " + x.info.err.Error()
+		}
+		attrs = append(attrs, slog.String("error", errText))
+	}
+	h.access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+}
+
+func clientIP(remoteAddr string) string {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return remoteAddr
+	}
+	return host
+}
+
+// recorder remembers the status and body size of a response. It implements
+// Unwrap so http.ResponseController can still flush and hijack through it.
+type recorder struct {
+	http.ResponseWriter
+	status  int
+	written int64
+}
+
+func (w *recorder) WriteHeader(code int) {
+	if w.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recorder) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.written += int64(n)
+	return n, err
+}
+
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// countingBody counts request body bytes and enforces the route's max_body
+// for bodies of unknown length.
+type countingBody struct {
+	rc  io.ReadCloser
+	n   int64
+	max int64 // 0 = unlimited
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	if b.max > 0 {
+		if b.n > b.max {
+			return 0, &http.MaxBytesError{Limit: b.max}
+		}
+		// Read at most one byte past the limit: enough to know it was crossed.
+		if rest := b.max - b.n + 1; int64(len(p)) > rest {
+			p = p[:rest]
+		}
+	}
+	n, err := b.rc.Read(p)
+	b.n += int64(n)
+	if b.max > 0 && b.n > b.max {
+		return n, &http.MaxBytesError{Limit: b.max}
+	}
+	return n, err
+}
+
+func (b *countingBody) Close() error { return b.rc.Close() }
+
+func isWebSocketUpgrade(r *http.Request) bool {
+	return headerHasToken(r.Header, "Connection", "upgrade") &&
+		headerHasToken(r.Header, "Upgrade", "websocket")
+}
+
+// headerHasToken reports whether a comma-separated header contains token,
+// case-insensitively.
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h[name] {
+		for part := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(part), token) {
+				return true
+			}
+		}
+	}
+	return false
+}

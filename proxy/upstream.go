@@ -1,0 +1,214 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// downFor is how long an upstream whose dial failed is skipped.
+const downFor = 10 * time.Second
+
+// upstream is one backend address. Its health outlives a reload: the same
+// URL in the next configuration shares this value.
+type upstream struct {
+	url       *url.URL
+	key       string       // url.String(), for logs
+	downUntil atomic.Int64 // unix nanoseconds; 0 = up
+}
+
+func (u *upstream) up(now time.Time) bool { return u.downUntil.Load() <= now.UnixNano() }
+
+func (u *upstream) markDown(now time.Time) { u.downUntil.Store(now.Add(downFor).UnixNano()) }
+
+// balancer spreads a route's requests over its upstreams in round robin and
+// retries an idempotent request once on the next upstream when the dial to
+// the first one fails. It is the RoundTripper of the route's ReverseProxy.
+type balancer struct {
+	upstreams []*upstream
+	next      atomic.Uint32
+	transport http.RoundTripper
+}
+
+// pick returns the next upstream that is up, or the next one in turn when all
+// are down: trying beats failing without trying.
+func (b *balancer) pick(now time.Time, skip *upstream) *upstream {
+	n := uint32(len(b.upstreams))
+	if n == 1 {
+		return b.upstreams[0]
+	}
+	start := b.next.Add(1) - 1
+	var fallback *upstream
+	for i := range n {
+		u := b.upstreams[(start+i)%n]
+		if u == skip {
+			continue
+		}
+		if u.up(now) {
+			return u
+		}
+		if fallback == nil {
+			fallback = u
+		}
+	}
+	if fallback == nil {
+		return skip
+	}
+	return fallback
+}
+
+// RoundTrip sends req, whose URL already points at the upstream chosen by the
+// route's Rewrite (recorded in the request's info).
+func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
+	info := infoFrom(req.Context())
+	resp, err := b.transport.RoundTrip(req)
+	if err == nil || info == nil || info.upstream == nil || !isDialError(err) {
+		return resp, err
+	}
+	now := time.Now()
+	info.upstream.markDown(now)
+	if len(b.upstreams) == 1 || !retryable(req) {
+		return resp, err
+	}
+	next := b.pick(now, info.upstream)
+	if next == info.upstream {
+		return resp, err
+	}
+	// The first attempt never reached the upstream, so a bodiless idempotent
+	// request can go to another one unchanged but for its URL.
+	retry := req.Clone(req.Context())
+	retry.URL.Scheme = next.url.Scheme
+	retry.URL.Host = next.url.Host
+	if prev := info.upstream.url.Path; prev != next.url.Path {
+		// Rewrite joined the first upstream's base path; swap it for this one's.
+		retry.URL.Path = singleJoin(next.url.Path, strings.TrimPrefix(retry.URL.Path, strings.TrimSuffix(prev, "/")))
+		retry.URL.RawPath = ""
+	}
+	info.upstream = next
+	info.retried = true
+	resp, err = b.transport.RoundTrip(retry)
+	if err != nil && isDialError(err) {
+		next.markDown(time.Now())
+	}
+	return resp, err
+}
+
+func retryable(req *http.Request) bool {
+	if req.Body != nil && req.Body != http.NoBody {
+		return false
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// isDialError reports whether err happened while connecting, before any byte
+// of the request was sent.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// transportKey identifies transports that can be shared: routes with the same
+// timeouts share one connection pool per upstream host.
+type transportKey struct {
+	connect, responseHeader time.Duration
+}
+
+// transports keeps upstream connection pools across reloads, so a reload does
+// not throw away warm keep-alive connections.
+type transports struct {
+	mu sync.Mutex
+	m  map[transportKey]*http.Transport
+}
+
+func (t *transports) get(k transportKey) *http.Transport {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if tr := t.m[k]; tr != nil {
+		return tr
+	}
+	if t.m == nil {
+		t.m = make(map[transportKey]*http.Transport)
+	}
+	tr := newTransport(k)
+	t.m[k] = tr
+	return tr
+}
+
+func (t *transports) closeIdle() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tr := range t.m {
+		tr.CloseIdleConnections()
+	}
+}
+
+// newTransport returns a transport tuned for a reverse proxy: no environment
+// proxy, no transparent gzip (bodies pass as they are), HTTP/1.1 upstream,
+// and an idle pool per upstream large enough for hundreds of concurrent
+// requests instead of Go's default of 2.
+func newTransport(k transportKey) *http.Transport {
+	d := &net.Dialer{Timeout: k.connect, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           d.DialContext,
+		MaxIdleConns:          0, // no global cap; the per-host cap bounds it
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   k.connect,
+		ResponseHeaderTimeout: k.responseHeader,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		WriteBufferSize:       16 << 10,
+		ReadBufferSize:        16 << 10,
+	}
+}
+
+// requestInfo is what the forwarding path learns about one request that the
+// access log reports: the upstream it went to and why it failed.
+type requestInfo struct {
+	upstream *upstream
+	retried  bool
+	err      error  // the upstream error, if any
+	path     string // the cleaned request path that was routed
+	reason   string // short word for the access log: "no_route", "upstream_unreachable", ...
+}
+
+type infoKey struct{}
+
+func withInfo(ctx context.Context, info *requestInfo) context.Context {
+	return context.WithValue(ctx, infoKey{}, info)
+}
+
+func infoFrom(ctx context.Context) *requestInfo {
+	info, _ := ctx.Value(infoKey{}).(*requestInfo)
+	return info
+}
+
+// singleJoin joins two URL paths with exactly one slash between them.
+func singleJoin(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
+	switch {
+	case aslash && bslash:
+		return a + b[1:]
+	case !aslash && !bslash:
+		return a + "/" + b
+	}
+	return a + b
+}
