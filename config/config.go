@@ -37,7 +37,8 @@ type Config struct {
 type Listen struct {
 	// HTTP is the plain-HTTP address. Default ":80". With TLS on it answers
 	// ACME HTTP-01 challenges and redirects everything else to https.
-	// "" (written as `off`) disables it.
+	// "" (written as `off` or "") disables it. An address is host:port with
+	// a numeric port; an empty host means all interfaces.
 	HTTP string
 	// HTTPS is the TLS address, "" when TLS is off. Default "" (no TLS).
 	HTTPS string
@@ -63,12 +64,17 @@ type TLS struct {
 	// production: https://acme-v02.api.letsencrypt.org/directory.
 	CA string
 	// CARoot is a PEM file of roots to trust when talking to CA, for a
-	// private ACME server such as Pebble. "" = system roots.
+	// private ACME server such as Pebble. "" = system roots. A relative
+	// path in the file is relative to the config file's directory; Load
+	// returns it resolved.
 	CARoot string
 	// Storage is the directory for certificates, keys, the ACME account and
-	// the internal CA. Default "./sluice-data".
+	// the internal CA. Default "./sluice-data". A relative path is relative
+	// to the config file's directory; Load returns it resolved.
 	Storage string
-	// Certificates are the PEM pairs of files mode.
+	// Certificates are the PEM pairs of files mode. Relative paths are
+	// relative to the config file's directory; Load returns them resolved
+	// and has checked that the files exist.
 	Certificates []CertFile
 	// HSTS is the Strict-Transport-Security max-age sent on https
 	// responses; 0 (default) sends none.
@@ -91,20 +97,22 @@ type Admin struct {
 // Log configures logging.
 type Log struct {
 	// Access is where access-log lines go: "stdout" (default), "stderr",
-	// "off", or a file path (appended to).
+	// "off", or a file path (appended to). A relative path is relative to
+	// the config file's directory; Load returns it resolved (write "./off"
+	// for a file named off).
 	Access string
 	// Level is the level of the process log on stderr. Default info.
 	Level slog.Level
 }
 
 // Timeouts are server-wide defaults; Connect and ResponseHeader may be
-// overridden per route.
+// overridden per route. None is negative.
 type Timeouts struct {
-	ReadHeader     time.Duration // client must send its request headers within this; default 10s
-	Idle           time.Duration // keep-alive connection with no request is closed after this; default 2m
-	Connect        time.Duration // dial to an upstream; default 5s
-	ResponseHeader time.Duration // upstream must start its response within this; default 60s
-	Shutdown       time.Duration // grace period for in-flight requests on SIGTERM; default 30s
+	ReadHeader     time.Duration // client must send its request headers within this; default 10s; 0 = no limit (not recommended)
+	Idle           time.Duration // keep-alive connection with no request is closed after this; default 2m; 0 = no limit
+	Connect        time.Duration // dial to an upstream; default 5s; 0 = no limit of our own (the OS's applies)
+	ResponseHeader time.Duration // upstream must start its response within this; default 60s; 0 = no limit
+	Shutdown       time.Duration // grace period for in-flight requests on SIGTERM; default 30s; 0 = none, stop at once
 }
 
 // HostHeader says which Host header goes upstream.
@@ -122,6 +130,8 @@ type Route struct {
 	Name string
 	// Hosts are lower-case host names without port; "*.example.com" matches
 	// any name ending in ".example.com" (one or more labels). Empty = any host.
+	// A trailing dot is dropped; an IP address is in its canonical form
+	// (netip.Addr.String), IPv6 without brackets.
 	Hosts []string
 	// Path is the prefix matched on segment boundaries, always starting with
 	// "/" and never ending in "/" unless it is exactly "/": "/api" matches
@@ -159,7 +169,10 @@ type Headers struct {
 }
 
 // HeaderOps edits headers: Remove first, then Set. Names are canonical
-// (http.CanonicalHeaderKey).
+// (http.CanonicalHeaderKey). Set never names a hop-by-hop header
+// (Connection, Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding,
+// Upgrade), Content-Length or Host, and its values hold no control
+// characters other than tab.
 type HeaderOps struct {
 	Set    map[string]string // replaces any existing value
 	Remove []string
@@ -184,7 +197,7 @@ const (
 // WebSocket configures Upgrade: websocket requests on a route.
 type WebSocket struct {
 	Enabled             bool     // default true
-	Origins             []string // allowed Origin values, compared case-insensitively; empty = any
+	Origins             []string // allowed Origin values, lower-cased scheme://host[:port], compared case-insensitively; empty = any
 	MaxConnections      int      // concurrent on this route; 0 = unlimited
 	MaxConnectionsPerIP int      // concurrent per client IP on this route; 0 = unlimited
 	MessagesPerSecond   float64  // per connection, client -> backend; 0 = unlimited
@@ -192,6 +205,10 @@ type WebSocket struct {
 	BytesPerSecond      int64    // per connection, client -> backend; 0 = unlimited
 	MaxMessageSize      int64    // bytes; 0 = unlimited; larger -> close 1009
 	OnLimit             OnLimit  // default throttle
-	IdleTimeout         time.Duration
-	PingInterval        time.Duration
+	// IdleTimeout closes the connection (1001) when no frame passed either
+	// way for this long; 0 (default) = never.
+	IdleTimeout time.Duration
+	// PingInterval is how often the proxy pings the client; the client's
+	// pongs are not forwarded. 0 (default) = never.
+	PingInterval time.Duration
 }
