@@ -36,7 +36,7 @@ type Options struct {
 // New.
 type Handler struct {
 	log    *slog.Logger
-	access *slog.Logger
+	access atomic.Pointer[slog.Logger] // nil = access log off
 	table  atomic.Pointer[table]
 	shared *shared
 }
@@ -83,12 +83,15 @@ func New(cfg *config.Config, opts Options) *Handler {
 	}
 	h := &Handler{
 		log:    opts.Logger,
-		access: opts.AccessLog,
 		shared: &shared{upstreams: map[string]*upstream{}, wsRoutes: map[string]*wsRoute{}},
 	}
+	h.access.Store(opts.AccessLog)
 	h.Apply(cfg)
 	return h
 }
+
+// SetAccessLog replaces the access logger; nil turns the access log off.
+func (h *Handler) SetAccessLog(l *slog.Logger) { h.access.Store(l) }
 
 // Apply makes cfg the configuration for every request that starts from now
 // on. Requests and WebSocket sessions already running keep the routes (and
@@ -176,7 +179,8 @@ type exchange struct {
 }
 
 func (h *Handler) logRequest(x *exchange, r *http.Request) {
-	if h.access == nil {
+	access := h.access.Load()
+	if access == nil {
 		return
 	}
 	attrs := make([]slog.Attr, 0, 12)
@@ -206,7 +210,7 @@ func (h *Handler) logRequest(x *exchange, r *http.Request) {
 		}
 		attrs = append(attrs, slog.String("error", errText))
 	}
-	h.access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }
 
 func clientIP(remoteAddr string) string {

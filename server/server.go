@@ -1,0 +1,363 @@
+// Package server runs a sluice configuration: it binds the public and admin
+// listeners, puts the proxy handler and the certificate manager behind them,
+// applies reloads and shuts everything down gracefully. It is what
+// cmd/sluice wires to flags and signals.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/proxy"
+)
+
+// maxHeaderBytes caps request headers (SPEC: 1 MiB).
+const maxHeaderBytes = 1 << 20
+
+// Options are a Server's collaborators.
+type Options struct {
+	// Logger is the process log. nil discards.
+	Logger *slog.Logger
+	// Level, when set, is adjusted to log.level on start and on reload.
+	Level *slog.LevelVar
+	// Stdout and Stderr are where `log.access: stdout|stderr` go; nil means
+	// os.Stdout and os.Stderr.
+	Stdout, Stderr io.Writer
+}
+
+// Server serves one configuration at a time.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	access  *accessSink
+	handler *proxy.Handler
+	certs   *certs
+
+	mu        sync.Mutex // serialises Start, Reload and Shutdown
+	cfg       *config.Config
+	listeners map[string]*listener // "http", "https", "admin"
+	shutting  atomic.Bool
+	errc      chan error // a listener that failed while serving
+}
+
+// listener is one bound address and the http.Server on it.
+type listener struct {
+	name string
+	addr string // as configured
+	ln   net.Listener
+	srv  *http.Server
+	done chan struct{} // closed when Serve has returned
+}
+
+// New prepares a Server for cfg without binding anything.
+func New(cfg *config.Config, opts Options) (*Server, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		opts:      opts,
+		log:       opts.Logger,
+		cfg:       cfg,
+		listeners: map[string]*listener{},
+		errc:      make(chan error, 3),
+	}
+	if opts.Level != nil {
+		opts.Level.Set(cfg.Log.Level)
+	}
+	access, err := newAccessSink(cfg.Log.Access, opts.Stdout, opts.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	s.access = access
+	s.handler = proxy.New(cfg, proxy.Options{Logger: s.log, AccessLog: access.logger()})
+	return s, nil
+}
+
+// Start binds every listener of the configuration and serves on them. If
+// any address cannot be bound, nothing is left listening and the error says
+// which.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := s.wantedListeners(s.cfg)
+	bound, err := bindAll(want)
+	if err != nil {
+		return err
+	}
+	// Certificates after binding: ACME challenges must find our listeners.
+	if s.certs, err = newCerts(s.cfg, s.log); err != nil {
+		for _, ln := range bound {
+			ln.Close()
+		}
+		return err
+	}
+	for name, ln := range bound {
+		s.serve(name, want[name], ln)
+	}
+	return nil
+}
+
+// Err delivers an error when a listener stops serving on its own (not by
+// Reload or Shutdown).
+func (s *Server) Err() <-chan error { return s.errc }
+
+// Addr returns the bound address of the named listener ("http", "https",
+// "admin"), or "" when it is off. With port 0 in the configuration, this is
+// where the port chosen by the system can be found.
+func (s *Server) Addr(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.listeners[name]; l != nil {
+		return l.ln.Addr().String()
+	}
+	return ""
+}
+
+// Handler returns the proxy handler serving the public listeners.
+func (s *Server) Handler() *proxy.Handler { return s.handler }
+
+// wantedListeners returns the configured address of each listener that
+// should run.
+func (s *Server) wantedListeners(cfg *config.Config) map[string]string {
+	want := map[string]string{}
+	if cfg.Listen.HTTP != "" {
+		want["http"] = cfg.Listen.HTTP
+	}
+	if cfg.Listen.HTTPS != "" {
+		want["https"] = cfg.Listen.HTTPS
+	}
+	if cfg.Admin.Listen != "" {
+		want["admin"] = cfg.Admin.Listen
+	}
+	return want
+}
+
+func bindAll(addrs map[string]string) (map[string]net.Listener, error) {
+	bound := map[string]net.Listener{}
+	for name, addr := range addrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range bound {
+				l.Close()
+			}
+			return nil, fmt.Errorf("listen.%s %q: %w", name, addr, err)
+		}
+		bound[name] = ln
+	}
+	return bound, nil
+}
+
+// serve starts an http.Server for the named listener on ln.
+func (s *Server) serve(name, addr string, ln net.Listener) {
+	t := s.cfg.Timeouts
+	srv := &http.Server{
+		Handler:           s.listenerHandler(name),
+		ReadHeaderTimeout: t.ReadHeader,
+		IdleTimeout:       t.Idle,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// No WriteTimeout: it would cut SSE streams and WebSocket sessions.
+	}
+	tlsOn := name == "https"
+	if tlsOn {
+		srv.TLSConfig = s.certs.tlsConfig()
+		srv.ErrorLog = s.certs.errorLog()
+	}
+	l := &listener{name: name, addr: addr, ln: ln, srv: srv, done: make(chan struct{})}
+	s.listeners[name] = l
+	s.log.Info("listening", "listener", name, "addr", ln.Addr().String())
+	go func() {
+		defer close(l.done)
+		var err error
+		if tlsOn {
+			// ServeTLS (not Serve on a TLS listener) also sets up HTTP/2.
+			err = srv.ServeTLS(ln, "", "")
+		} else {
+			err = srv.Serve(ln)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
+			select {
+			case s.errc <- fmt.Errorf("listener %s on %s: %w", name, addr, err):
+			default:
+			}
+		}
+	}()
+}
+
+// listenerHandler is what each listener serves. The handlers look up the
+// current configuration on every request, so a reload needs no new servers.
+func (s *Server) listenerHandler(name string) http.Handler {
+	switch name {
+	case "admin":
+		return s.adminHandler()
+	case "https":
+		return http.HandlerFunc(s.serveHTTPS)
+	}
+	return http.HandlerFunc(s.servePlain)
+}
+
+// servePlain serves the plain-HTTP listener: the proxy itself when TLS is
+// off; otherwise ACME challenges, and a redirect to https for the rest.
+func (s *Server) servePlain(w http.ResponseWriter, r *http.Request) {
+	cfg := s.handler.Config()
+	if cfg.TLS.Mode == config.TLSOff {
+		s.handler.ServeHTTP(w, r)
+		return
+	}
+	s.certs.httpHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		redirectToHTTPS(w, r, cfg.Listen.HTTPS)
+	})).ServeHTTP(w, r)
+}
+
+func (s *Server) serveHTTPS(w http.ResponseWriter, r *http.Request) {
+	if hsts := s.handler.Config().TLS.HSTS; hsts > 0 {
+		w.Header().Set("Strict-Transport-Security", "max-age="+strconv.FormatInt(int64(hsts/time.Second), 10))
+	}
+	s.handler.ServeHTTP(w, r)
+}
+
+// redirectToHTTPS answers 308 to the same path and query on https, naming
+// the https listener's port unless it is 443.
+func redirectToHTTPS(w http.ResponseWriter, r *http.Request, httpsAddr string) {
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if host == "" {
+		http.Error(w, "no Host header to redirect to", http.StatusBadRequest)
+		return
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+		host = "[" + host + "]"
+	}
+	if _, port, err := net.SplitHostPort(httpsAddr); err == nil && port != "443" {
+		host += ":" + port
+	}
+	target := "https://" + host + r.URL.RequestURI()
+	w.Header().Set("Location", target)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusPermanentRedirect)
+	io.WriteString(w, "moved to "+target+"\n")
+}
+
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if s.shutting.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "shutting down\n")
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	return mux
+}
+
+// Reload makes cfg the served configuration. Requests and sessions in
+// flight are not disturbed. Listeners whose address did not change stay
+// open; a changed one is bound anew before the old one is closed, and if it
+// cannot be bound the reload is refused and the old configuration stays.
+func (s *Server) Reload(cfg *config.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutting.Load() {
+		return errors.New("reload refused: shutting down")
+	}
+	old := s.wantedListeners(s.cfg)
+	want := s.wantedListeners(cfg)
+	changed := map[string]string{}
+	for name, addr := range want {
+		if old[name] != addr {
+			changed[name] = addr
+		}
+	}
+	if err := s.certs.update(cfg); err != nil {
+		return err
+	}
+	bound, err := bindAll(changed)
+	if err != nil {
+		return fmt.Errorf("reload refused: %w", err)
+	}
+	// Re-opening also follows a log file that logrotate moved away.
+	if _, err := s.access.reopen(cfg.Log.Access); err != nil {
+		for _, ln := range bound {
+			ln.Close()
+		}
+		return fmt.Errorf("reload refused: %w", err)
+	}
+	s.handler.SetAccessLog(s.access.logger())
+	s.handler.Apply(cfg)
+	if s.opts.Level != nil {
+		s.opts.Level.Set(cfg.Log.Level)
+	}
+	if t := s.cfg.Timeouts; t.ReadHeader != cfg.Timeouts.ReadHeader || t.Idle != cfg.Timeouts.Idle {
+		// An http.Server's timeouts cannot change while it serves.
+		s.log.Warn("timeouts.read_header and timeouts.idle apply to listeners opened from now on; restart to apply them to unchanged listeners")
+	}
+	s.cfg = cfg
+	// Close listeners that moved or went away, gracefully: their
+	// in-flight requests finish; new connections go to the new address.
+	for name, l := range s.listeners {
+		if want[name] == l.addr {
+			continue
+		}
+		delete(s.listeners, name)
+		go s.closeListener(l, cfg.Timeouts.Shutdown)
+	}
+	for name, ln := range bound {
+		s.serve(name, want[name], ln)
+	}
+	return nil
+}
+
+func (s *Server) closeListener(l *listener, grace time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := l.srv.Shutdown(ctx); err != nil {
+		l.srv.Close()
+	}
+	<-l.done
+	s.log.Info("stopped listening", "listener", l.name, "addr", l.addr)
+}
+
+// Shutdown stops accepting connections, answers /healthz with 503, ends
+// WebSocket sessions with close 1001, lets in-flight requests finish until
+// ctx is done, then closes what is left. It returns ctx's error if requests
+// had to be cut off.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.shutting.Store(true)
+	var firstErr error
+	// Public listeners first; the admin listener last, so /healthz can say
+	// 503 while the rest drains.
+	for _, name := range []string{"http", "https", "admin"} {
+		l := s.listeners[name]
+		if l == nil {
+			continue
+		}
+		if err := l.srv.Shutdown(ctx); err != nil {
+			l.srv.Close()
+			if firstErr == nil {
+				firstErr = fmt.Errorf("listener %s: in-flight requests cut off: %w", name, err)
+			}
+		}
+		<-l.done
+		delete(s.listeners, name)
+	}
+	s.handler.Close()
+	s.certs.stop()
+	s.access.Close()
+	return firstErr
+}
