@@ -108,10 +108,14 @@ type decoder struct {
 	// seen records, by the address of the Config field written, where the
 	// file set it. Fields absent from seen get their defaults.
 	seen  map[any]loc
-	steps int
+	steps int  // nodes visited, bounded by maxSteps
+	over  bool // the walk ran over maxSteps; further errors are noise
 }
 
 func (d *decoder) errorAt(line, col int, field, format string, args ...any) {
+	if d.over {
+		return
+	}
 	d.errs = append(d.errs, &Error{
 		File:  d.file,
 		Line:  line,
@@ -191,7 +195,7 @@ func (d *decoder) document(data []byte) (*yaml.Node, bool) {
 		d.errorf(&next, "", "a second YAML document; the file must hold one")
 		return nil, false
 	}
-	if len(doc.Content) == 0 {
+	if len(doc.Content) == 0 || isNull(doc.Content[0]) {
 		return nil, true
 	}
 	return doc.Content[0], true
@@ -271,11 +275,7 @@ func position(data []byte, i int) (line, col int) {
 // resolve follows aliases and returns the node that holds the value, or nil
 // when the value is null (absent) or the walk is over budget.
 func (d *decoder) resolve(n *yaml.Node) *yaml.Node {
-	d.steps++
-	if d.steps == maxSteps {
-		d.errorf(n, "", "the document is too large once its aliases are expanded")
-	}
-	if d.steps >= maxSteps {
+	if !d.spend(n, 1) {
 		return nil
 	}
 	// An alias never names another alias, but the bound costs nothing.
@@ -286,6 +286,21 @@ func (d *decoder) resolve(n *yaml.Node) *yaml.Node {
 		return nil
 	}
 	return n
+}
+
+// spend uses k steps of the walk's budget and reports whether the walk
+// may go on.
+func (d *decoder) spend(n *yaml.Node, k int) bool {
+	if d.over {
+		return false
+	}
+	d.steps += k
+	if d.steps > maxSteps {
+		d.errorf(n, "", "the document is too large once its aliases are expanded")
+		d.over = true
+		return false
+	}
+	return true
 }
 
 func isNull(n *yaml.Node) bool {
@@ -367,6 +382,9 @@ func (d *decoder) mapping(n *yaml.Node, path string, fields []field, unknown fun
 // expanded. Keys written in n win over merged ones, and among merged
 // mappings the first wins, as YAML specifies.
 func (d *decoder) pairs(n *yaml.Node, path string, depth int) []pair {
+	if !d.spend(n, len(n.Content)/2) {
+		return nil
+	}
 	var out, merged []pair
 	first := make(map[string]*yaml.Node)
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -451,9 +469,7 @@ func (d *decoder) list(n *yaml.Node, path string) []*yaml.Node {
 func (d *decoder) scalar(n *yaml.Node, path string) (string, bool) {
 	r := d.resolve(n)
 	if r == nil {
-		if d.steps < maxSteps {
-			d.errorf(n, path, "want a value, got nothing")
-		}
+		d.errorf(n, path, "want a value, got nothing")
 		return "", false
 	}
 	if r.Kind != yaml.ScalarNode {
@@ -508,26 +524,33 @@ func suggest(key string, fields []field) string {
 	return best
 }
 
-// editDistance is the Levenshtein distance between a and b, in bytes.
+// editDistance is the optimal string alignment distance between a and b,
+// in bytes: insertions, deletions, substitutions and swaps of neighbours
+// each count one.
 func editDistance(a, b string) int {
 	if len(a) > 64 || len(b) > 64 {
 		return max(len(a), len(b))
 	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
+	// d[i][j] is the distance between a[:i] and b[:j].
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
 	}
 	for i := 1; i <= len(a); i++ {
-		cur[0] = i
 		for j := 1; j <= len(b); j++ {
 			cost := 1
 			if a[i-1] == b[j-1] {
 				cost = 0
 			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
 		}
-		prev, cur = cur, prev
 	}
-	return prev[len(b)]
+	return d[len(a)][len(b)]
 }
