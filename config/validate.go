@@ -43,6 +43,9 @@ func (d *decoder) validate(c *Config, root *yaml.Node) {
 			hosts = []string{""}
 		}
 		for _, h := range hosts {
+			if r.Path == "" {
+				break // a bad path, reported already
+			}
 			k := hostPath{h, r.Path}
 			j, dup := byHostPath[k]
 			if !dup {

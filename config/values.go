@@ -189,11 +189,11 @@ func normHost(s string) (string, error) {
 		}
 		return a.String(), nil
 	}
+	if strings.Contains(h, "/") {
+		return "", fmt.Errorf("%q: a host is a bare name such as api.example.com, without scheme or path", short(s))
+	}
 	if host, _, err := net.SplitHostPort(h); err == nil && host != "" {
 		return "", fmt.Errorf("%q: hosts are matched without a port; write %q (the port comes from the listener)", short(s), short(host))
-	}
-	if strings.Contains(h, "://") || strings.Contains(h, "/") {
-		return "", fmt.Errorf("%q: a host is a bare name such as api.example.com, without scheme or path", short(s))
 	}
 	name := h
 	if rest, ok := strings.CutPrefix(h, "*."); ok {
