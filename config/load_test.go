@@ -47,6 +47,9 @@ var errorTests = []struct {
 	{"comments only", "# nothing\n", []string{
 		`sluice.yaml:1:1: routes: at least one route is needed`,
 	}},
+	{"empty upstreams", "routes:\n- upstreams: []\n", []string{
+		`sluice.yaml:2:14: routes[0].upstreams: at least one upstream is needed`,
+	}},
 	{"empty routes", "routes: []\n", []string{
 		`sluice.yaml:1:9: routes: at least one route is needed`,
 	}},

@@ -168,7 +168,7 @@ func (d *decoder) route(n *yaml.Node, path string, r *Route) {
 					r.Upstreams = append(r.Upstreams, u)
 				}
 			}
-			if items != nil && len(items) == 0 {
+			if m := d.resolve(n); m != nil && m.Kind == yaml.SequenceNode && len(m.Content) == 0 {
 				d.errorf(n, p, "at least one upstream is needed")
 			}
 		}},
