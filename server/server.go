@@ -47,6 +47,7 @@ type Server struct {
 	cfg       *config.Config
 	listeners map[string]*listener // "http", "https", "admin"
 	shutting  atomic.Bool
+	httpsPort atomic.Value // string: the https listener's bound port, for redirects
 	errc      chan error // a listener that failed while serving
 }
 
@@ -170,6 +171,8 @@ func (s *Server) serve(name, addr string, ln net.Listener) {
 	}
 	tlsOn := name == "https"
 	if tlsOn {
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		s.httpsPort.Store(port)
 		srv.TLSConfig = s.certs.tlsConfig()
 		srv.ErrorLog = s.certs.errorLog()
 	}
@@ -214,8 +217,9 @@ func (s *Server) servePlain(w http.ResponseWriter, r *http.Request) {
 		s.handler.ServeHTTP(w, r)
 		return
 	}
+	port, _ := s.httpsPort.Load().(string)
 	s.certs.httpHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		redirectToHTTPS(w, r, cfg.Listen.HTTPS)
+		redirectToHTTPS(w, r, port)
 	})).ServeHTTP(w, r)
 }
 
@@ -228,7 +232,7 @@ func (s *Server) serveHTTPS(w http.ResponseWriter, r *http.Request) {
 
 // redirectToHTTPS answers 308 to the same path and query on https, naming
 // the https listener's port unless it is 443.
-func redirectToHTTPS(w http.ResponseWriter, r *http.Request, httpsAddr string) {
+func redirectToHTTPS(w http.ResponseWriter, r *http.Request, httpsPort string) {
 	host := r.Host
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
@@ -240,8 +244,8 @@ func redirectToHTTPS(w http.ResponseWriter, r *http.Request, httpsAddr string) {
 	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
 		host = "[" + host + "]"
 	}
-	if _, port, err := net.SplitHostPort(httpsAddr); err == nil && port != "443" {
-		host += ":" + port
+	if httpsPort != "" && httpsPort != "443" {
+		host += ":" + httpsPort
 	}
 	target := "https://" + host + r.URL.RequestURI()
 	w.Header().Set("Location", target)
