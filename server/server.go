@@ -48,7 +48,7 @@ type Server struct {
 	listeners map[string]*listener // "http", "https", "admin"
 	shutting  atomic.Bool
 	httpsPort atomic.Value // string: the https listener's bound port, for redirects
-	errc      chan error // a listener that failed while serving
+	errc      chan error   // a listener that failed while serving
 }
 
 // listener is one bound address and the http.Server on it.
