@@ -1,0 +1,81 @@
+package tls
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+
+	"github.com/smallstep/truststore"
+)
+
+// InstallRoot installs the internal CA's root certificate (creating the CA
+// first if the storage directory has none) into the system trust store, so
+// that curl, Go programs and browsers using the system store trust the
+// certificates internal mode issues. Where Firefox/NSS databases and
+// certutil are present it installs into them too, best effort.
+//
+// On Debian and Ubuntu the root is written to /usr/local/share/ca-certificates
+// and update-ca-certificates is run (package ca-certificates), which needs
+// root: run `sudo sluice trust`. Installing the same root twice is harmless.
+func InstallRoot(storage string) error {
+	path, err := RootCertificate(storage)
+	if err != nil {
+		return err
+	}
+	if err := trustPrecheck(); err != nil {
+		return fmt.Errorf("installing %s into the system trust store: %w", path, err)
+	}
+	var opts []truststore.Option
+	if nss, err := truststore.NewNSSTrust(); err == nil {
+		opts = append(opts, truststore.WithTrust(nss))
+	}
+	if err := truststore.InstallFile(path, opts...); err != nil {
+		return fmt.Errorf("installing %s into the system trust store: %w", path, explainTrustError(err))
+	}
+	return nil
+}
+
+// trustPrecheck turns the failures truststore would report obscurely (a
+// failed "tee", an unknown command) into advice for the person at the
+// terminal. Other systems are left to truststore.
+func trustPrecheck() error {
+	if runtime.GOOS != "linux" {
+		return nil
+	}
+	if len(truststore.SystemTrustCommand) == 0 {
+		return errors.New("no system trust store found (on Debian or Ubuntu: apt-get install ca-certificates)")
+	}
+	tool := truststore.SystemTrustCommand[0]
+	if _, err := exec.LookPath(tool); err != nil {
+		hint := ""
+		if _, err := os.Stat("/etc/debian_version"); err == nil {
+			hint = " (on Debian or Ubuntu: apt-get install ca-certificates)"
+		}
+		return fmt.Errorf("%s not found in PATH%s", tool, hint)
+	}
+	if os.Geteuid() != 0 {
+		if _, err := exec.LookPath("sudo"); err != nil {
+			return errors.New("changing the system trust store needs root: run this command as root")
+		}
+		// truststore runs the commands through sudo, which asks for a
+		// password if it needs one.
+	}
+	return nil
+}
+
+func explainTrustError(err error) error {
+	if errors.Is(err, truststore.ErrNotSupported) {
+		return fmt.Errorf("%w (no known trust store on this system)", err)
+	}
+	var cmdErr *truststore.CmdError
+	if errors.As(err, &cmdErr) {
+		out := strings.TrimSpace(string(cmdErr.Out()))
+		if out != "" {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+	}
+	return err
+}
