@@ -1,0 +1,359 @@
+package tls
+
+import (
+	"bytes"
+	"context"
+	cryptotls "crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-proxy/sluice/config"
+)
+
+// syncBuffer collects a child process's output.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// counter counts events by name.
+type counter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *counter) add(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = make(map[string]int)
+	}
+	c.n[name]++
+}
+
+func (c *counter) get(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[name]
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// pebbleBinaries finds Debian's pebble package or skips the test; with
+// CI=true a missing pebble fails it instead.
+func pebbleBinaries(t *testing.T) (pebble, challtestsrv string) {
+	t.Helper()
+	pebble, err1 := exec.LookPath("pebble")
+	challtestsrv, err2 := exec.LookPath("pebble-challtestsrv")
+	if err1 != nil || err2 != nil {
+		msg := "pebble and pebble-challtestsrv not in PATH (Debian: apt-get install pebble); ACME integration test not run"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return pebble, challtestsrv
+}
+
+// startProcess runs a helper process until the test ends, its output in out.
+func startProcess(t *testing.T, out *syncBuffer, env []string, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s output:\n%s", filepath.Base(name), out.String())
+		}
+	})
+}
+
+// TestACMEWithPebble obtains certificates from a real ACME server, Pebble,
+// with challenge validation on: one by HTTP-01, one by TLS-ALPN-01.
+// pebble-challtestsrv is only its DNS server, resolving every name to
+// 127.0.0.1, where the test serves the Manager's HTTPHandler on Pebble's
+// httpPort and its TLSConfig on Pebble's tlsPort.
+func TestACMEWithPebble(t *testing.T) {
+	pebbleBin, challBin := pebbleBinaries(t)
+	checkGoroutines(t)
+	start := time.Now()
+	deadline := start.Add(50 * time.Second)
+	dir := t.TempDir()
+
+	// Pebble's own HTTPS identity, signed by a CA the Manager is told to
+	// trust through tls.ca_root (the package ships no test certificates).
+	pebbleCA := newTestCA(t, "pebble listener CA")
+	pebbleCert, pebbleKey, _ := pebbleCA.writePair(t, dir, "pebble", "localhost", "127.0.0.1")
+	caRoot := filepath.Join(dir, "pebble-listener-ca.pem")
+	if err := os.WriteFile(caRoot, pebbleCA.pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// The listeners the challenges come to, bound before the Managers.
+	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpPort := httpLn.Addr().(*net.TCPAddr).Port
+	tlsPort := tlsLn.Addr().(*net.TCPAddr).Port
+
+	acmePort, mgmtPort, dnsPort, challMgmtPort := freePort(t), freePort(t), freePort(t), freePort(t)
+	pebbleConfig := map[string]any{"pebble": map[string]any{
+		"listenAddress":                  fmt.Sprintf("127.0.0.1:%d", acmePort),
+		"managementListenAddress":        fmt.Sprintf("127.0.0.1:%d", mgmtPort),
+		"certificate":                    pebbleCert,
+		"privateKey":                     pebbleKey,
+		"httpPort":                       httpPort,
+		"tlsPort":                        tlsPort,
+		"ocspResponderURL":               "",
+		"externalAccountBindingRequired": false,
+	}}
+	cfgJSON, err := json.Marshal(pebbleConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pebbleCfgPath := filepath.Join(dir, "pebble-config.json")
+	if err := os.WriteFile(pebbleCfgPath, cfgJSON, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	var challLog, pebbleLog syncBuffer
+	dnsAddr := fmt.Sprintf("127.0.0.1:%d", dnsPort)
+	startProcess(t, &challLog, nil, challBin,
+		"-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+		"-dns01", dnsAddr, "-http01", "", "-https01", "", "-tlsalpn01", "",
+		"-management", fmt.Sprintf("127.0.0.1:%d", challMgmtPort))
+	startProcess(t, &pebbleLog, []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"},
+		pebbleBin, "-config", pebbleCfgPath, "-dnsserver", dnsAddr)
+
+	// Wait for Pebble's directory, then take its issuing root.
+	pebbleClient := &http.Client{
+		Transport: &http.Transport{TLSClientConfig: &cryptotls.Config{RootCAs: pebbleCA.pool()}},
+		Timeout:   5 * time.Second,
+	}
+	t.Cleanup(pebbleClient.CloseIdleConnections)
+	directory := fmt.Sprintf("https://127.0.0.1:%d/dir", acmePort)
+	fetch := func(url string) ([]byte, error) {
+		resp, err := pebbleClient.Get(url)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		return io.ReadAll(resp.Body)
+	}
+	for {
+		_, err := fetch(directory)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pebble did not come up: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rootPEM, err := fetch(fmt.Sprintf("https://127.0.0.1:%d/roots/0", mgmtPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pebbleRoots := x509.NewCertPool()
+	if !pebbleRoots.AppendCertsFromPEM(rootPEM) {
+		t.Fatalf("pebble /roots/0 returned no certificate: %q", rootPEM)
+	}
+
+	// Serve the listeners; the Manager behind them changes between phases.
+	var current struct {
+		sync.Mutex
+		m *Manager
+	}
+	manager := func() *Manager {
+		current.Lock()
+		defer current.Unlock()
+		return current.m
+	}
+	var http01Hits, alpnHits counter
+	httpSrv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/.well-known/acme-challenge/") {
+				host, _, _ := net.SplitHostPort(r.Host)
+				http01Hits.add(host)
+			}
+			manager().HTTPHandler(http.NotFoundHandler()).ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	httpsSrv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "hello %s", r.Proto)
+		}),
+		TLSConfig: &cryptotls.Config{
+			GetConfigForClient: func(hello *cryptotls.ClientHelloInfo) (*cryptotls.Config, error) {
+				if isTLSALPNChallenge(hello) {
+					alpnHits.add(hello.ServerName)
+				}
+				return manager().TLSConfig(), nil
+			},
+		},
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: log.New(writerFunc(func(p []byte) (int, error) {
+			return manager().ServerErrorLog().Writer().Write(p)
+		}), "", 0),
+	}
+	var serving sync.WaitGroup
+	serving.Go(func() { httpSrv.Serve(httpLn) })
+	serving.Go(func() { httpsSrv.ServeTLS(tlsLn, "", "") })
+	t.Cleanup(func() {
+		httpSrv.Close()
+		httpsSrv.Close()
+		serving.Wait()
+	})
+
+	storage := filepath.Join(dir, "storage")
+	rec, logger := newRecorder(t)
+	acmeConfig := func(listenHTTP string, hosts ...string) *config.Config {
+		return &config.Config{
+			Listen: config.Listen{HTTP: listenHTTP, HTTPS: tlsLn.Addr().String()},
+			TLS: config.TLS{
+				Mode:    config.TLSACME,
+				CA:      directory,
+				CARoot:  caRoot,
+				Email:   "ops@sluice.test",
+				Storage: storage,
+			},
+			Routes: []config.Route{
+				{Name: "one", Hosts: hosts, Path: "/"},
+			},
+		}
+	}
+	waitServed := func(sni string) *x509.Certificate {
+		t.Helper()
+		for {
+			leaf, err := handshake(tlsLn.Addr().String(), sni, pebbleRoots)
+			if err == nil {
+				return leaf
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no certificate for %s in time: %v", sni, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	// Phase 1: HTTP-01 only, for http01.example.
+	ctx := context.Background()
+	m1, err := newManager(ctx, acmeConfig(httpLn.Addr().String(), "http01.example"), logger, options{disableTLSALPN01: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	current.Lock()
+	current.m = m1
+	current.Unlock()
+	t.Cleanup(m1.Stop)
+	waitServed("http01.example")
+	if http01Hits.get("http01.example") == 0 || alpnHits.get("http01.example") != 0 {
+		t.Errorf("http01.example: %d HTTP-01 and %d TLS-ALPN-01 validations; want HTTP-01 only",
+			http01Hits.get("http01.example"), alpnHits.get("http01.example"))
+	}
+	t.Logf("HTTP-01 certificate after %s", time.Since(start).Round(time.Millisecond))
+	m1.Stop()
+
+	// Phase 2: listen.http off, so TLS-ALPN-01 only, for alpn.example; the
+	// first certificate comes from storage. Wildcards are not obtained.
+	m2, err := New(ctx, acmeConfig("", "http01.example", "alpn.example", "*.wild.example"), logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current.Lock()
+	current.m = m2
+	current.Unlock()
+	t.Cleanup(m2.Stop)
+	waitServed("alpn.example")
+	if alpnHits.get("alpn.example") == 0 || http01Hits.get("alpn.example") != 0 {
+		t.Errorf("alpn.example: %d TLS-ALPN-01 and %d HTTP-01 validations; want TLS-ALPN-01 only",
+			alpnHits.get("alpn.example"), http01Hits.get("alpn.example"))
+	}
+	t.Logf("TLS-ALPN-01 certificate after %s", time.Since(start).Round(time.Millisecond))
+
+	// Both served by SNI from one Manager, trusted through Pebble's root,
+	// and a full HTTPS request over HTTP/2.
+	client := httpsClient(t, pebbleRoots, tlsLn.Addr().String())
+	for _, host := range []string{"http01.example", "alpn.example"} {
+		leaf := waitServed(host)
+		if err := leaf.VerifyHostname(host); err != nil {
+			t.Errorf("%s: %v", host, err)
+		}
+		if !strings.Contains(leaf.Issuer.CommonName, "Pebble") {
+			t.Errorf("%s: issued by %q; want Pebble", host, leaf.Issuer.CommonName)
+		}
+		body, resp := get(t, client, "https://"+host+"/")
+		if body != "hello HTTP/2.0" || resp.TLS.NegotiatedProtocol != "h2" {
+			t.Errorf("%s: body %q over %q", host, body, resp.TLS.NegotiatedProtocol)
+		}
+	}
+
+	// Unconfigured names and wildcards: refused, and never asked of Pebble.
+	for _, sni := range []string{"evil.example", "a.wild.example"} {
+		if _, err := handshake(tlsLn.Addr().String(), sni, pebbleRoots); err == nil {
+			t.Errorf("handshake for %s succeeded; want refusal", sni)
+		}
+	}
+	if n := len(rec.matching("tls handshake for unknown server name refused", "server_name", "evil.example")); n != 1 {
+		t.Errorf("evil.example refusal logged %d times; want 1", n)
+	}
+	pl := pebbleLog.String()
+	if orders := strings.Count(pl, "POST /order-plz"); orders != 2 {
+		t.Errorf("pebble received %d new orders; want 2 (http01.example, alpn.example)", orders)
+	}
+	for _, name := range []string{"evil.example", "wild.example"} {
+		if strings.Contains(pl, name) || strings.Contains(challLog.String(), name) {
+			t.Errorf("pebble or its DNS server saw %s", name)
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
