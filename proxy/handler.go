@@ -6,6 +6,7 @@
 package proxy
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/proxy/splice"
 )
 
 // now is the clock of the forwarding path.
@@ -35,10 +37,11 @@ type Options struct {
 // Handler routes and forwards requests. Its zero value is not usable; call
 // New.
 type Handler struct {
-	log    *slog.Logger
-	access atomic.Pointer[slog.Logger] // nil = access log off
-	table  atomic.Pointer[table]
-	shared *shared
+	log      *slog.Logger
+	access   atomic.Pointer[slog.Logger] // nil = access log off
+	table    atomic.Pointer[table]
+	shared   *shared
+	sessions sessions
 }
 
 // table is one configuration's routing state; immutable once built.
@@ -127,6 +130,13 @@ func (h *Handler) Config() *config.Config { return h.table.Load().cfg }
 // Close releases idle upstream connections.
 func (h *Handler) Close() { h.shared.transports.closeIdle() }
 
+// CloseSessions ends every WebSocket session with close 1001 to both ends,
+// refuses new ones, and waits for them to finish or ctx to be done.
+func (h *Handler) CloseSessions(ctx context.Context) error { return h.sessions.shutdown(ctx) }
+
+// Sessions returns the number of WebSocket sessions running.
+func (h *Handler) Sessions() int { return h.sessions.count() }
+
 // ServeHTTP routes r and forwards it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{start: now()}
@@ -176,11 +186,18 @@ type exchange struct {
 	rec   recorder
 	body  countingBody
 	info  requestInfo
+
+	websocket bool         // the request became a WebSocket session
+	stats     splice.Stats // of that session
 }
 
 func (h *Handler) logRequest(x *exchange, r *http.Request) {
 	access := h.access.Load()
 	if access == nil {
+		return
+	}
+	if x.websocket {
+		h.logSession(access, x, r)
 		return
 	}
 	attrs := make([]slog.Attr, 0, 12)
@@ -211,6 +228,37 @@ func (h *Handler) logRequest(x *exchange, r *http.Request) {
 		attrs = append(attrs, slog.String("error", errText))
 	}
 	access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+}
+
+// logSession writes the access record of a WebSocket session when it ends.
+func (h *Handler) logSession(access *slog.Logger, x *exchange, r *http.Request) {
+	st := &x.stats
+	attrs := make([]slog.Attr, 0, 20)
+	attrs = append(attrs,
+		slog.String("client", clientIP(r.RemoteAddr)),
+		slog.String("method", r.Method),
+		slog.String("host", r.Host),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", http.StatusSwitchingProtocols),
+		slog.String("route", x.route.cfg.Name),
+		slog.String("upstream", x.info.upstream.key),
+		slog.Float64("duration_ms", float64(st.Duration.Microseconds())/1000),
+		slog.Int64("frames_in", st.FramesIn),
+		slog.Int64("frames_out", st.FramesOut),
+		slog.Int64("bytes_in", st.BytesIn),
+		slog.Int64("bytes_out", st.BytesOut),
+		slog.Int("client_close", st.ClientCloseCode),
+		slog.Int("backend_close", st.BackendCloseCode),
+		slog.String("closed_by", st.ClosedBy),
+		slog.Int64("limit_hits", st.LimitHits),
+	)
+	if st.Reason != "" {
+		attrs = append(attrs, slog.String("reason", st.Reason))
+	}
+	if st.Err != nil {
+		attrs = append(attrs, slog.String("error", st.Err.Error()))
+	}
+	access.LogAttrs(r.Context(), slog.LevelInfo, "websocket", attrs...)
 }
 
 func clientIP(remoteAddr string) string {

@@ -1,9 +1,23 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"net/url"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/proxy/splice"
 )
 
 // wsRoute counts a route's WebSocket sessions, in total and per client IP,
@@ -56,8 +70,10 @@ func originAllowed(r *http.Request, allowed []string) bool {
 	return false
 }
 
-// serveWebSocket checks a WebSocket upgrade against the route's policy and
-// hands it to the upstream.
+// serveWebSocket checks a WebSocket upgrade against the route's policy,
+// performs the handshake with an upstream and, when the upstream answers
+// 101, splices frames between the two until the session ends. A refusal by
+// the upstream is relayed to the client as it is.
 func (h *Handler) serveWebSocket(x *exchange, r *http.Request) {
 	ws := &x.route.cfg.WebSocket
 	switch {
@@ -69,6 +85,16 @@ func (h *Handler) serveWebSocket(x *exchange, r *http.Request) {
 		x.info.reason = "origin_not_allowed"
 		plainError(&x.rec, http.StatusForbidden, "origin not allowed")
 		return
+	case h.sessions.isClosing():
+		x.info.reason = "shutting_down"
+		plainError(&x.rec, http.StatusServiceUnavailable, "shutting down")
+		return
+	case r.ProtoMajor != 1:
+		// HTTP/2 clients use extended CONNECT, which sluice does not offer;
+		// browsers then open an HTTP/1.1 connection for WebSockets.
+		x.info.reason = "websocket_needs_http1"
+		plainError(&x.rec, http.StatusBadRequest, "websocket upgrade needs HTTP/1.1")
+		return
 	}
 	ip := clientIP(r.RemoteAddr)
 	if !x.route.ws.acquire(ip, ws.MaxConnections, ws.MaxConnectionsPerIP) {
@@ -78,8 +104,295 @@ func (h *Handler) serveWebSocket(x *exchange, r *http.Request) {
 		return
 	}
 	defer x.route.ws.release(ip)
-	// Until the frame splicer is wired in, the ReverseProxy's own upgrade
-	// handling relays the bytes.
+
 	r = r.WithContext(withInfo(r.Context(), &x.info))
-	x.route.rp.ServeHTTP(&x.rec, r)
+	backend, br, resp, err := h.dialWebSocket(x, r)
+	if err != nil {
+		status, reason, msg := classify(r, err)
+		x.info.err, x.info.reason = err, reason
+		if status == statusClientGone {
+			x.rec.status = statusClientGone
+			return
+		}
+		plainError(&x.rec, status, msg)
+		return
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		// The upstream said no (401, 403, 404...): relay its answer.
+		defer backend.Close()
+		relayResponse(&x.rec, resp)
+		return
+	}
+	if !headerHasToken(resp.Header, "Upgrade", "websocket") {
+		backend.Close()
+		x.info.reason = "upstream_bad_upgrade"
+		plainError(&x.rec, http.StatusBadGateway, "upstream switched to something other than websocket")
+		return
+	}
+	h.splice(x, r, backend, br, resp)
+}
+
+// dialWebSocket connects to an upstream and sends it the upgrade request,
+// retrying once on the next upstream when a dial fails. It returns the
+// connection, the reader holding whatever the upstream sent after its
+// response header, and the response.
+func (h *Handler) dialWebSocket(x *exchange, r *http.Request) (net.Conn, *bufio.Reader, *http.Response, error) {
+	out := x.route.upgradeRequest(r)
+	info := &x.info
+	cfg := x.route.cfg
+	ctx, cancel := context.WithTimeout(r.Context(), cfg.Timeouts.Connect)
+	defer cancel()
+	conn, err := dialUpstream(ctx, info.upstream.url)
+	if err != nil && isDialError(err) {
+		info.upstream.markDown(now())
+		if next := x.route.bal.pick(now(), info.upstream); next != info.upstream {
+			info.upstream, info.retried = next, true
+			out.URL.Scheme, out.URL.Host = next.url.Scheme, next.url.Host
+			if cfg.HostHeader == config.HostUpstream {
+				out.Host = next.url.Host
+			}
+			conn, err = dialUpstream(ctx, next.url)
+			if err != nil && isDialError(err) {
+				next.markDown(now())
+			}
+		}
+	}
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	// The request and the response header must pass within
+	// response_header; the client going away ends the wait too.
+	if d := cfg.Timeouts.ResponseHeader; d > 0 {
+		conn.SetDeadline(time.Now().Add(d))
+	}
+	stop := context.AfterFunc(r.Context(), func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := out.Write(conn); err != nil {
+		conn.Close()
+		return nil, nil, nil, fmt.Errorf("sending the upgrade request: %w", err)
+	}
+	br := bufio.NewReaderSize(conn, 4096)
+	resp, err := http.ReadResponse(br, out)
+	if err != nil {
+		conn.Close()
+		if r.Context().Err() != nil {
+			return nil, nil, nil, r.Context().Err()
+		}
+		return nil, nil, nil, fmt.Errorf("reading the upgrade response: %w", err)
+	}
+	if !stop() {
+		conn.Close()
+		return nil, nil, nil, context.Canceled
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, br, resp, nil
+}
+
+// upgradeRequest builds the request sent to the upstream: the client's
+// request with its headers intact (Sec-WebSocket-*, cookies,
+// Authorization), rewritten like any forwarded request (path, Host,
+// X-Forwarded-*, header edits), minus hop-by-hop headers but for the
+// Upgrade and Connection that make it an upgrade.
+func (rt *Route) upgradeRequest(r *http.Request) *http.Request {
+	out := r.Clone(r.Context())
+	out.Body, out.ContentLength, out.Close = nil, 0, false
+	removeHopByHop(out.Header)
+	for _, name := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		delete(out.Header, name)
+	}
+	rt.rewrite(&httputil.ProxyRequest{In: r, Out: out})
+	out.Header.Set("Connection", "Upgrade")
+	out.Header.Set("Upgrade", "websocket")
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = []string{""} // keep Request.Write from adding Go's own
+	}
+	return out
+}
+
+// hopHeaders are removed on every hop (RFC 9110 7.6.1), with Proxy-* too.
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopByHop deletes hop-by-hop headers, including every header the
+// Connection header names.
+func removeHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				delete(h, textproto.CanonicalMIMEHeaderKey(name))
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		delete(h, name)
+	}
+	for name := range h {
+		if strings.HasPrefix(name, "Proxy-") {
+			delete(h, name)
+		}
+	}
+}
+
+func dialUpstream(ctx context.Context, u *url.URL) (net.Conn, error) {
+	host := u.Host
+	if u.Port() == "" {
+		if u.Scheme == "https" {
+			host += ":443"
+		} else {
+			host += ":80"
+		}
+	}
+	if u.Scheme == "https" {
+		d := &tls.Dialer{Config: &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}}}
+		return d.DialContext(ctx, "tcp", host)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", host)
+}
+
+// relayResponse copies an upstream's answer (a refused upgrade) to the
+// client.
+func relayResponse(w http.ResponseWriter, resp *http.Response) {
+	defer resp.Body.Close()
+	removeHopByHop(resp.Header)
+	h := w.Header()
+	for k, v := range resp.Header {
+		h[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	io.Copy(w, io.LimitReader(resp.Body, 1<<20))
+}
+
+// splice takes over the client connection after the upstream's 101, relays
+// that 101 and runs the frame splice until the session ends.
+func (h *Handler) splice(x *exchange, r *http.Request, backend net.Conn, br *bufio.Reader, resp *http.Response) {
+	client, brw, err := http.NewResponseController(&x.rec).Hijack()
+	if err != nil {
+		backend.Close()
+		x.info.err, x.info.reason = err, "hijack_failed"
+		plainError(&x.rec, http.StatusInternalServerError, "cannot take over the connection")
+		return
+	}
+	x.rec.status = http.StatusSwitchingProtocols
+	x.websocket = true
+	// Hijack cleared the server's deadlines; the session sets its own.
+	removeHopByHop(resp.Header)
+	var hdr bytes.Buffer
+	hdr.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+	resp.Header.Write(&hdr)
+	hdr.WriteString("\r\n")
+	client.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := client.Write(hdr.Bytes()); err != nil {
+		client.Close()
+		backend.Close()
+		x.info.err, x.info.reason = err, "client_gone"
+		return
+	}
+	client.SetWriteDeadline(time.Time{})
+
+	// Bytes that arrived with the handshakes are frames: hand them over.
+	clientBuffered := buffered(brw.Reader)
+	backendBuffered := buffered(br)
+	ws := &x.route.cfg.WebSocket
+	sess := splice.New(client, clientBuffered, backend, backendBuffered, splice.Options{
+		MessagesPerSecond: ws.MessagesPerSecond,
+		MessageBurst:      ws.MessageBurst,
+		BytesPerSecond:    ws.BytesPerSecond,
+		MaxMessageSize:    ws.MaxMessageSize,
+		CloseOnLimit:      ws.OnLimit == config.OnLimitClose,
+		IdleTimeout:       ws.IdleTimeout,
+		PingInterval:      ws.PingInterval,
+		AllowRSV1:         extensionNamed(resp.Header, "permessage-deflate"),
+	})
+	if !h.sessions.add(sess) {
+		sess.Shutdown() // shutting down already: say 1001 at once
+	}
+	x.stats = sess.Run(context.WithoutCancel(r.Context()))
+	h.sessions.remove(sess)
+}
+
+// extensionNamed reports whether a Sec-WebSocket-Extensions header
+// negotiates the extension name (parameters follow it after ";").
+func extensionNamed(h http.Header, name string) bool {
+	for _, v := range h.Values("Sec-Websocket-Extensions") {
+		for ext := range strings.SplitSeq(v, ",") {
+			n, _, _ := strings.Cut(ext, ";")
+			if strings.EqualFold(strings.TrimSpace(n), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// buffered returns a copy of what br holds unread.
+func buffered(br *bufio.Reader) []byte {
+	n := br.Buffered()
+	if n == 0 {
+		return nil
+	}
+	b, _ := br.Peek(n)
+	return bytes.Clone(b)
+}
+
+// sessions tracks running WebSocket sessions, which http.Server.Shutdown
+// does not know about once hijacked.
+type sessions struct {
+	mu      sync.Mutex
+	m       map[*splice.Session]struct{}
+	closing bool
+	wg      sync.WaitGroup
+}
+
+// add registers s, or reports false when shutdown has begun.
+func (ss *sessions) add(s *splice.Session) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.wg.Add(1)
+	if ss.m == nil {
+		ss.m = make(map[*splice.Session]struct{})
+	}
+	ss.m[s] = struct{}{}
+	return !ss.closing
+}
+
+func (ss *sessions) remove(s *splice.Session) {
+	ss.mu.Lock()
+	delete(ss.m, s)
+	ss.mu.Unlock()
+	ss.wg.Done()
+}
+
+// shutdown sends close 1001 to both ends of every session and waits for
+// them to end or ctx to be done.
+func (ss *sessions) shutdown(ctx context.Context) error {
+	ss.mu.Lock()
+	ss.closing = true
+	for s := range ss.m {
+		s.Shutdown()
+	}
+	ss.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		ss.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (ss *sessions) isClosing() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.closing
+}
+
+// count returns the number of running sessions.
+func (ss *sessions) count() int {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return len(ss.m)
 }

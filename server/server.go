@@ -344,6 +344,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer s.mu.Unlock()
 	s.shutting.Store(true)
 	var firstErr error
+	// Hijacked WebSocket connections are invisible to http.Server.Shutdown:
+	// end them (close 1001 both ways) alongside the listeners.
+	wsDone := make(chan error, 1)
+	go func() { wsDone <- s.handler.CloseSessions(ctx) }()
 	// Public listeners first; the admin listener last, so /healthz can say
 	// 503 while the rest drains.
 	for _, name := range []string{"http", "https", "admin"} {
@@ -359,6 +363,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		<-l.done
 		delete(s.listeners, name)
+	}
+	if err := <-wsDone; err != nil && firstErr == nil {
+		firstErr = fmt.Errorf("websocket sessions cut off: %w", err)
 	}
 	s.handler.Close()
 	s.certs.stop()
