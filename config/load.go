@@ -185,15 +185,22 @@ func (d *decoder) document(data []byte) (*yaml.Node, bool) {
 		d.syntaxError(data, err)
 		return nil, false
 	}
-	var next yaml.Node
-	switch err := dec.Decode(&next); {
-	case err == io.EOF:
-	case err != nil:
-		d.syntaxError(data, err)
-		return nil, false
-	default:
-		d.errorf(&next, "", "a second YAML document; the file must hold one")
-		return nil, false
+	// Further documents must be empty: a trailing "---" is harmless, a
+	// second configuration is a mistake.
+	for {
+		var next yaml.Node
+		err := dec.Decode(&next)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			d.syntaxError(data, err)
+			return nil, false
+		}
+		if len(next.Content) > 0 && !isNull(next.Content[0]) {
+			d.errorf(next.Content[0], "", "a second YAML document; the file must hold one")
+			return nil, false
+		}
 	}
 	if len(doc.Content) == 0 || isNull(doc.Content[0]) {
 		return nil, true

@@ -71,8 +71,8 @@ var errorTests = []struct {
 	{"control character", "routes:\n  - name: a\x01b\n", []string{
 		`sluice.yaml:2:12: character U+0001 is not allowed in YAML`,
 	}},
-	{"two documents", "routes: []\n---\nroutes: []\n", []string{
-		`sluice.yaml:2:1: a second YAML document; the file must hold one`,
+	{"two documents", "routes: []\n---\n---\nroutes: []\n", []string{
+		`sluice.yaml:4:1: a second YAML document; the file must hold one`,
 	}},
 	{"unknown field with suggestion", `
 routes:
@@ -448,7 +448,7 @@ func mustURL(t *testing.T, s string) *url.URL {
 
 func TestDefaults(t *testing.T) {
 	t.Parallel()
-	c, err := parse("", []byte("routes: [{upstreams: [http://127.0.0.1:8080]}]\n"), lookup)
+	c, err := parse("", []byte("routes: [{upstreams: [http://127.0.0.1:8080]}]\n---\n"), lookup)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -490,7 +490,7 @@ func TestDefaults(t *testing.T) {
 func TestExplicitValues(t *testing.T) {
 	t.Parallel()
 	c, err := parse("/etc/sluice/sluice.yaml", []byte(`
-listen: {http: "off", https: "127.0.0.1:8443"}
+listen: {http: off, https: "127.0.0.1:8443"}
 tls: {mode: internal, storage: data}
 admin: {listen: "off"}
 log: {access: logs/access.log, level: debug}
