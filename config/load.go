@@ -82,11 +82,7 @@ func parse(file string, data []byte, lookupEnv func(string) (string, bool)) (*Co
 	c := &Config{File: file}
 	d.config(root, c)
 	setDefaults(c, d.isSet)
-	dir := "."
-	if file != "" {
-		dir = filepath.Dir(file)
-	}
-	resolvePaths(c, dir)
+	resolvePaths(c, filepath.Dir(file)) // "." when file is ""
 	d.validate(c, root)
 	if err := d.err(); err != nil {
 		return nil, err
