@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"io/fs"
+	"net"
 	"os"
 	"strings"
 
@@ -77,14 +78,21 @@ func (d *decoder) checkListeners(c *Config, top loc) {
 		at := d.where(&c.Listen.HTTP, top)
 		d.errorf(at.node, at.path, "http is off and https is not set: nothing would be served")
 	}
-	if l.HTTPS != "" && l.HTTPS == l.HTTP {
+	// Port 0 asks the system for a free port, different for each listener.
+	if l.HTTPS != "" && l.HTTPS == l.HTTP && !anyPort(l.HTTPS) {
 		at := d.where(&c.Listen.HTTPS, top)
 		d.errorf(at.node, at.path, "%q is also listen.http", l.HTTPS)
 	}
-	if a := c.Admin.Listen; a != "" && (a == l.HTTP || a == l.HTTPS) {
+	if a := c.Admin.Listen; a != "" && !anyPort(a) && (a == l.HTTP || a == l.HTTPS) {
 		at := d.where(&c.Admin.Listen, d.where(&c.Listen.HTTP, top))
 		d.errorf(at.node, "admin.listen", "%q is also a public listener; give the admin listener its own address", a)
 	}
+}
+
+// anyPort reports whether addr asks for a port chosen by the system.
+func anyPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == "0"
 }
 
 func (d *decoder) checkTLS(c *Config, top loc) {

@@ -140,8 +140,12 @@ func (h *Handler) dialWebSocket(x *exchange, r *http.Request) (net.Conn, *bufio.
 	out := x.route.upgradeRequest(r)
 	info := &x.info
 	cfg := x.route.cfg
-	ctx, cancel := context.WithTimeout(r.Context(), cfg.Timeouts.Connect)
-	defer cancel()
+	ctx := r.Context()
+	if d := cfg.Timeouts.Connect; d > 0 { // 0 = no limit of our own
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
 	conn, err := dialUpstream(ctx, info.upstream.url)
 	if err != nil && isDialError(err) {
 		info.upstream.markDown(now())
