@@ -168,18 +168,19 @@ func newServerErrorLog(causes *causeLog) *log.Logger {
 // per-handshake errors (a stranger probing acme-tls/1, for one) that a
 // flood would otherwise repeat endlessly.
 type slogCore struct {
-	causes *causeLog
-	fields []zapcore.Field
+	causes   *causeLog
+	stopping func() bool // reports whether the owner is shutting down; may be nil
+	fields   []zapcore.Field
 }
 
-func newZapLogger(causes *causeLog) *zap.Logger {
-	return zap.New(&slogCore{causes: causes})
+func newZapLogger(causes *causeLog, stopping func() bool) *zap.Logger {
+	return zap.New(&slogCore{causes: causes, stopping: stopping})
 }
 
 func (c *slogCore) Enabled(l zapcore.Level) bool { return l >= zapcore.WarnLevel }
 
 func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
-	return &slogCore{causes: c.causes, fields: append(slices.Clip(c.fields), fields...)}
+	return &slogCore{causes: c.causes, stopping: c.stopping, fields: append(slices.Clip(c.fields), fields...)}
 }
 
 func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
@@ -201,15 +202,20 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	for _, f := range fields {
 		f.AddTo(enc)
 	}
+	if errText, _ := enc.Fields["error"].(string); c.stopping != nil && c.stopping() &&
+		strings.Contains(errText, context.Canceled.Error()) {
+		return nil // work cancelled by Stop: shutdown, not an error
+	}
 	attrs := make([]slog.Attr, 0, len(enc.Fields)+2)
 	attrs = append(attrs, slog.String("component", "certmagic"))
-	if e.LoggerName != "" {
-		attrs = append(attrs, slog.String("logger", e.LoggerName))
+	name := strings.TrimLeft(e.LoggerName, ".")
+	if name != "" {
+		attrs = append(attrs, slog.String("logger", name))
 	}
 	for _, k := range slices.Sorted(maps.Keys(enc.Fields)) {
 		attrs = append(attrs, slog.Any(k, enc.Fields[k]))
 	}
-	key := "certmagic|" + e.LoggerName + "|" + e.Message
+	key := "certmagic|" + name + "|" + e.Message
 	for _, k := range causeFields {
 		if v, ok := enc.Fields[k]; ok {
 			key += "|" + k + "=" + addrPattern.ReplaceAllString(strings.TrimSpace(fmt.Sprint(v)), "<addr>")

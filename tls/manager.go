@@ -11,8 +11,11 @@
 //     that is not configured.
 //   - internal: a local CA kept in the storage directory issues short-lived
 //     certificates on demand, during the first handshake for a name, for
-//     localhost, 127.0.0.1, ::1, *.localhost and the configured hosts only.
-//     InstallRoot makes the system trust it.
+//     the configured hosts and, for clients on the loopback interface,
+//     localhost, 127.0.0.1, ::1 and *.localhost; nothing else. Names that
+//     only a wildcard allows (any number of them exist) get at most 20 new
+//     certificates at once and 20 a minute after that. InstallRoot makes
+//     the system trust the CA.
 //   - files: the configured PEM pairs.
 //
 // Handshakes that cannot be served (an unknown SNI, a failed issuance) fail
@@ -31,6 +34,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -40,6 +44,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/sluice-proxy/sluice/config"
 )
@@ -76,15 +81,29 @@ type Manager struct {
 
 	state atomic.Pointer[state]
 
-	mu       sync.Mutex // serializes Update and Stop
-	stopped  bool
+	mu       sync.Mutex  // serializes Update and Stop
+	stopped  atomic.Bool // read by handshakes without mu
 	cachedMu sync.Mutex
 	cached   map[string]struct{} // internal mode: names certmagic has cached
+
+	// internal mode
+	issuerKey string        // where certmagic stores the local CA's certificates
+	newNames  *rate.Limiter // issuance for names allowed only by a wildcard
 }
+
+// localHosts are the names internal mode serves to loopback clients.
+var localHosts = newHostSet(localNames)
+
+// New names under a wildcard (configured, or *.localhost) are issued at
+// this rate, so a client inventing names cannot fill the disk.
+const (
+	newNameBurst = 20
+	newNameEvery = 3 * time.Second
+)
 
 // state is what Update swaps.
 type state struct {
-	hosts hostSet // names a certificate may be served (acme, internal) or issued (internal) for
+	hosts hostSet // configured names (acme, internal)
 
 	// files mode
 	fileHashes  []string // cache keys of the loaded pairs
@@ -108,7 +127,6 @@ type options struct {
 	disableHTTP01    bool             // acme: never use the HTTP-01 challenge
 	disableTLSALPN01 bool             // acme: never use the TLS-ALPN-01 challenge
 	now              func() time.Time // clock of the once-per-cause logging
-	leafLifetime     time.Duration    // internal: lifetime of issued certificates
 }
 
 // New starts serving certificates for cfg, whose TLS.Mode must not be off.
@@ -135,9 +153,6 @@ func newManager(ctx context.Context, cfg *config.Config, logger *slog.Logger, op
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.leafLifetime == 0 {
-		opts.leafLifetime = leafLifetime
-	}
 	st, err := settingsOf(cfg)
 	if err != nil {
 		return nil, err
@@ -148,8 +163,8 @@ func newManager(ctx context.Context, cfg *config.Config, logger *slog.Logger, op
 		cached:   make(map[string]struct{}),
 	}
 	m.causes = newCauseLog(logger, opts.now)
-	m.zap = newZapLogger(m.causes)
 	m.ctx, m.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	m.zap = newZapLogger(m.causes, func() bool { return m.ctx.Err() != nil })
 
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) {
@@ -170,7 +185,7 @@ func newManager(ctx context.Context, cfg *config.Config, logger *slog.Logger, op
 	case config.TLSACME:
 		err = m.setupACME(cfg, template, opts)
 	case config.TLSInternal:
-		err = m.setupInternal(cfg, template, opts)
+		err = m.setupInternal(cfg, template)
 	case config.TLSFiles:
 		err = m.setupFiles(ctx, cfg, template)
 	}
@@ -282,14 +297,17 @@ func (m *Manager) warnWildcards(hosts hostSet) {
 	}
 }
 
-func (m *Manager) setupInternal(cfg *config.Config, template certmagic.Config, opts options) error {
+func (m *Manager) setupInternal(cfg *config.Config, template certmagic.Config) error {
 	ca, err := loadOrCreateCA(m.settings.storage)
 	if err != nil {
 		return err
 	}
-	m.state.Store(&state{hosts: newHostSet(localNames, configuredHosts(cfg))})
+	m.state.Store(&state{hosts: newHostSet(configuredHosts(cfg))})
+	m.newNames = rate.NewLimiter(rate.Every(newNameEvery), newNameBurst)
+	issuer := newInternalIssuer(ca, m.allows, leafLifetime)
+	m.issuerKey = issuer.IssuerKey()
 	template.OnDemand = &certmagic.OnDemandConfig{DecisionFunc: m.decide}
-	template.Issuers = []certmagic.Issuer{newInternalIssuer(ca, m.allows, opts.leafLifetime)}
+	template.Issuers = []certmagic.Issuer{issuer}
 	template.OCSP = certmagic.OCSPConfig{DisableStapling: true} // the local CA runs no OCSP responder
 	template.DisableARI = true
 	m.magic = certmagic.New(m.cache, template)
@@ -375,21 +393,38 @@ func (noIssuer) Issue(context.Context, *x509.CertificateRequest) (*certmagic.Iss
 	return nil, errors.New("tls mode files obtains no certificates")
 }
 
-// allows reports whether the current configuration allows name.
+// allows reports whether internal mode may issue a certificate for name
+// (normalized) under the current configuration. Whether the client may
+// ask for a local name is checked during the handshake.
 func (m *Manager) allows(name string) bool {
-	return m.state.Load().hosts.allows(name)
+	return m.state.Load().hosts.allows(name) || localHosts.allows(name)
 }
 
-// decide is internal mode's on-demand decision: it is what keeps a
-// stranger's SNI from minting certificates.
-func (m *Manager) decide(_ context.Context, name string) error {
-	if !m.allows(normalizeName(name)) {
+var errTooManyNewNames = errors.New("too many new names under a wildcard; try again in a few seconds")
+
+// decide is internal mode's on-demand decision, made before a certificate
+// is loaded from storage or issued: with the handshake gate in
+// getCertificate, it is what keeps a stranger's SNI from minting
+// certificates.
+func (m *Manager) decide(ctx context.Context, name string) error {
+	n := normalizeName(name)
+	if !m.allows(n) {
 		return fmt.Errorf("%q is not localhost or a configured host", name)
+	}
+	if m.state.Load().hosts.allowsExact(n) || localHosts.allowsExact(n) {
+		return nil // one of a fixed set of names
+	}
+	if m.magic.Storage.Exists(ctx, certmagic.StorageKeys.SiteCert(m.issuerKey, n)) {
+		return nil // issued before; loading it costs no new files
+	}
+	if !m.newNames.Allow() {
+		return errTooManyNewNames
 	}
 	return nil
 }
 
-// onEvent receives certmagic's events; it must return quickly.
+// onEvent receives certmagic's events; it must return quickly. Failures
+// need no event: certmagic logs them, with its retry schedule.
 func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) error {
 	switch event {
 	case "cert_obtained":
@@ -397,12 +432,6 @@ func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) 
 			slog.Any("identifier", data["identifier"]),
 			slog.Any("issuer", data["issuer"]),
 			slog.Any("renewal", data["renewal"]))
-	case "cert_failed":
-		m.causes.log(slog.LevelWarn, fmt.Sprintf("cert_failed|%v|%v", data["identifier"], data["error"]),
-			"obtaining certificate failed",
-			slog.Any("identifier", data["identifier"]),
-			slog.Any("renewal", data["renewal"]),
-			slog.Any("error", data["error"]))
 	case "cached_managed_cert":
 		if sans, ok := data["sans"].([]string); ok {
 			m.cachedMu.Lock()
@@ -455,11 +484,25 @@ func (m *Manager) ServerErrorLog() *log.Logger {
 	return newServerErrorLog(m.causes)
 }
 
+// fromLoopback reports whether the client connected from a loopback address.
+func fromLoopback(c net.Conn) bool {
+	if c == nil {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
 func isTLSALPNChallenge(hello *cryptotls.ClientHelloInfo) bool {
 	return len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acmeTLS1
 }
 
+var errStopped = errors.New("tls manager stopped")
+
 func (m *Manager) getCertificate(hello *cryptotls.ClientHelloInfo) (*cryptotls.Certificate, error) {
+	if m.stopped.Load() {
+		return nil, &certError{name: hello.ServerName, err: errStopped}
+	}
 	remote := ""
 	if hello.Conn != nil {
 		remote = hello.Conn.RemoteAddr().String()
@@ -481,7 +524,8 @@ func (m *Manager) getCertificate(hello *cryptotls.ClientHelloInfo) (*cryptotls.C
 	if name == "" {
 		name = localIP(hello.Conn)
 	}
-	if m.settings.mode == config.TLSFiles {
+	switch m.settings.mode {
+	case config.TLSFiles:
 		if hello.ServerName == "" && st.defaultName != "" && len(m.cache.AllMatchingCertificates(name)) == 0 {
 			// No SNI and no pair for the address dialled: the first pair.
 			h := *hello
@@ -490,17 +534,25 @@ func (m *Manager) getCertificate(hello *cryptotls.ClientHelloInfo) (*cryptotls.C
 			name = st.defaultName
 		}
 		if len(m.cache.AllMatchingCertificates(name)) == 0 {
-			return nil, m.unknownName(name, hello.ServerName, remote)
+			return nil, m.unknownName(name, hello.ServerName, remote, "")
 		}
-	} else if m.acme != nil {
+	case config.TLSACME:
 		if !st.hosts.allowsExact(name) {
 			if st.hosts.allows(name) {
 				return nil, m.wildcardName(name, remote)
 			}
-			return nil, m.unknownName(name, hello.ServerName, remote)
+			return nil, m.unknownName(name, hello.ServerName, remote, "")
 		}
-	} else if !st.hosts.allows(name) {
-		return nil, m.unknownName(name, hello.ServerName, remote)
+	case config.TLSInternal:
+		if !st.hosts.allows(name) {
+			if !localHosts.allows(name) {
+				return nil, m.unknownName(name, hello.ServerName, remote, "")
+			}
+			if !fromLoopback(hello.Conn) {
+				return nil, m.unknownName(name, hello.ServerName, remote,
+					"local names are served to clients on the loopback interface only; list the name in routes[].hosts")
+			}
+		}
 	}
 
 	cert, err := m.magic.GetCertificate(hello)
@@ -509,7 +561,11 @@ func (m *Manager) getCertificate(hello *cryptotls.ClientHelloInfo) (*cryptotls.C
 		if m.acme != nil {
 			msg = "no certificate obtained yet for configured host"
 		}
-		m.causes.log(slog.LevelWarn, "cert|"+name+"|"+err.Error(), msg,
+		key := "cert|" + name + "|" + err.Error()
+		if errors.Is(err, errTooManyNewNames) {
+			key = "cert|new-names-limited" // one cause, however many names
+		}
+		m.causes.log(slog.LevelWarn, key, msg,
 			slog.String("server_name", name), slog.String("remote", remote), slog.Any("error", err))
 		return nil, &certError{name: name, err: err}
 	}
@@ -518,10 +574,13 @@ func (m *Manager) getCertificate(hello *cryptotls.ClientHelloInfo) (*cryptotls.C
 
 var errUnknownName = errors.New("not a configured host")
 
-func (m *Manager) unknownName(name, sni, remote string) error {
+func (m *Manager) unknownName(name, sni, remote, hint string) error {
 	attrs := []slog.Attr{slog.String("server_name", name), slog.String("remote", remote)}
 	if sni == "" {
 		attrs = append(attrs, slog.Bool("sni", false))
+	}
+	if hint != "" {
+		attrs = append(attrs, slog.String("hint", hint))
 	}
 	m.causes.log(slog.LevelInfo, "unknown|"+name, "tls handshake for unknown server name refused", attrs...)
 	return &certError{name: name, err: errUnknownName}
@@ -546,7 +605,7 @@ func (m *Manager) wildcardName(name, remote string) error {
 func (m *Manager) Update(ctx context.Context, cfg *config.Config) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.stopped {
+	if m.stopped.Load() {
 		return errors.New("updating tls: manager is stopped")
 	}
 	if cfg == nil {
@@ -582,12 +641,12 @@ func (m *Manager) Update(ctx context.Context, cfg *config.Config) error {
 			}
 		}
 	case config.TLSInternal:
-		hosts := newHostSet(localNames, configuredHosts(cfg))
+		hosts := newHostSet(configuredHosts(cfg))
 		m.state.Store(&state{hosts: hosts})
 		var removed []certmagic.SubjectIssuer
 		m.cachedMu.Lock()
 		for n := range m.cached {
-			if !hosts.allows(normalizeName(n)) {
+			if !m.allows(normalizeName(n)) {
 				removed = append(removed, certmagic.SubjectIssuer{Subject: n})
 				delete(m.cached, n)
 			}
@@ -637,10 +696,10 @@ func (m *Manager) checkRestartOnly(cfg *config.Config) error {
 func (m *Manager) Stop() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.stopped {
+	if m.stopped.Load() {
 		return
 	}
-	m.stopped = true
+	m.stopped.Store(true)
 	m.cancel()
 	m.cache.Stop()
 	old := m.state.Swap(&state{})
