@@ -6,6 +6,7 @@ import (
 	cryptotls "crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -112,10 +113,12 @@ func startProcess(t *testing.T, out *syncBuffer, env []string, name string, args
 // httpPort and its TLSConfig on Pebble's tlsPort.
 func TestACMEWithPebble(t *testing.T) {
 	pebbleBin, challBin := pebbleBinaries(t)
+	// Certmagic's jobs end shortly after Stop, and may still release a
+	// lock in storage: remove the directory only after they are gone.
+	dir := t.TempDir()
 	checkGoroutines(t)
 	start := time.Now()
 	deadline := start.Add(50 * time.Second)
-	dir := t.TempDir()
 
 	// Pebble's own HTTPS identity, signed by a CA the Manager is told to
 	// trust through tls.ca_root (the package ships no test certificates).
@@ -334,6 +337,22 @@ func TestACMEWithPebble(t *testing.T) {
 		}
 	}
 
+	// A reload adding late.example and dropping http01.example: the new
+	// name is obtained, the dropped one no longer served.
+	if err := m2.Update(ctx, acmeConfig("", "alpn.example", "late.example", "*.wild.example")); err != nil {
+		t.Fatal(err)
+	}
+	waitServed("late.example")
+	if _, err := handshake(tlsLn.Addr().String(), "http01.example", pebbleRoots); err == nil {
+		t.Error("http01.example still served after it was removed")
+	}
+	changedCA := acmeConfig("", "alpn.example")
+	changedCA.TLS.CA = "https://acme-v02.api.letsencrypt.org/directory"
+	if err := m2.Update(ctx, changedCA); !errors.Is(err, ErrRestartRequired) {
+		t.Errorf("Update changing tls.ca: err = %v; want ErrRestartRequired", err)
+	}
+	t.Logf("reload obtained late.example after %s", time.Since(start).Round(time.Millisecond))
+
 	// Unconfigured names and wildcards: refused, and never asked of Pebble.
 	for _, sni := range []string{"evil.example", "a.wild.example"} {
 		if _, err := handshake(tlsLn.Addr().String(), sni, pebbleRoots); err == nil {
@@ -344,8 +363,8 @@ func TestACMEWithPebble(t *testing.T) {
 		t.Errorf("evil.example refusal logged %d times; want 1", n)
 	}
 	pl := pebbleLog.String()
-	if orders := strings.Count(pl, "POST /order-plz"); orders != 2 {
-		t.Errorf("pebble received %d new orders; want 2 (http01.example, alpn.example)", orders)
+	if orders := strings.Count(pl, "POST /order-plz"); orders != 3 {
+		t.Errorf("pebble received %d new orders; want 3 (http01.example, alpn.example, late.example)", orders)
 	}
 	for _, name := range []string{"evil.example", "wild.example"} {
 		if strings.Contains(pl, name) || strings.Contains(challLog.String(), name) {
@@ -357,3 +376,32 @@ func TestACMEWithPebble(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// An unreachable CA is logged, retried in the background, and Stop ends
+// the retrying.
+func TestACMEUnreachableCAStopsCleanly(t *testing.T) {
+	storage := t.TempDir() // removed after the goroutine check: see TestACMEWithPebble
+	checkGoroutines(t)
+	dead := freePort(t) // nothing listens here
+	rec, logger := newRecorder(t)
+	cfg := &config.Config{
+		Listen: config.Listen{HTTP: "127.0.0.1:0", HTTPS: "127.0.0.1:0"},
+		TLS: config.TLS{
+			Mode:    config.TLSACME,
+			CA:      fmt.Sprintf("https://127.0.0.1:%d/dir", dead),
+			Storage: storage,
+		},
+		Routes: []config.Route{{Hosts: []string{"down.example"}, Path: "/"}},
+	}
+	m, err := New(context.Background(), cfg, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the failure to be logged", func() bool {
+		return len(rec.matching("could not get certificate from issuer", "identifier", "down.example")) > 0
+	})
+	m.Stop()
+	for _, r := range rec.matching("job failed", "", "") {
+		t.Errorf("cancellation by Stop logged as an error: %s", attr(r, "error"))
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -253,6 +254,83 @@ func TestInstallRoot(t *testing.T) {
 		out, err := exec.Command(curl, "-sS", "--connect-to", "localhost:"+port+":"+ts.addr, "https://localhost:"+port+"/").CombinedOutput()
 		if err != nil || !strings.HasPrefix(string(out), "hello") {
 			t.Errorf("curl with the system trust store: %v: %s", err, out)
+		}
+	}
+}
+
+// nonLoopbackIP returns an address of this machine that is not loopback.
+func nonLoopbackIP(t *testing.T) net.IP {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return ipn.IP
+		}
+	}
+	t.Skip("no non-loopback IPv4 address on this machine")
+	return nil
+}
+
+func TestInternalLocalNamesOnlyForLoopbackClients(t *testing.T) {
+	checkGoroutines(t)
+	ip := nonLoopbackIP(t)
+	storage := t.TempDir()
+	_, logger := newRecorder(t)
+	m, err := New(context.Background(), internalConfig(storage, "app.example.com"), logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	ts := serveTLS(t, net.JoinHostPort(ip.String(), "0"), m.TLSConfig(), m)
+	roots, _ := rootPool(t, storage)
+
+	// Dialled from ip, the client is not on the loopback interface.
+	for _, sni := range []string{"localhost", "x.localhost"} {
+		if _, err := handshake(ts.addr, sni, roots); err == nil {
+			t.Errorf("%s served to a client that is not on loopback", sni)
+		}
+	}
+	if _, err := handshake(ts.addr, "app.example.com", roots); err != nil {
+		t.Errorf("configured host: %v", err)
+	}
+}
+
+func TestInternalNewWildcardNamesAreRateLimited(t *testing.T) {
+	checkGoroutines(t)
+	storage := t.TempDir()
+	rec, logger := newRecorder(t)
+	m, err := New(context.Background(), internalConfig(storage, "*.example.net"), logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	ts := serveTLS(t, "127.0.0.1:0", m.TLSConfig(), m)
+	roots, _ := rootPool(t, storage)
+
+	start := time.Now()
+	issued, refused := 0, 0
+	for i := range newNameBurst + 10 {
+		if _, err := handshake(ts.addr, fmt.Sprintf("n%d.example.net", i), roots); err != nil {
+			refused++
+		} else {
+			issued++
+		}
+	}
+	refills := int(time.Since(start)/newNameEvery) + 1
+	if issued < newNameBurst || issued > newNameBurst+refills || refused == 0 {
+		t.Errorf("%d new names issued, %d refused; want %d (+%d refills) issued and the rest refused",
+			issued, refused, newNameBurst, refills)
+	}
+	if n := len(rec.matching("no certificate to serve", "", "")); n != 1 {
+		t.Errorf("%d refusals logged; want 1 (one cause)", n)
+	}
+	// Names issued before, and fixed names, need no token.
+	for _, sni := range []string{"n0.example.net", "localhost"} {
+		if _, err := handshake(ts.addr, sni, roots); err != nil {
+			t.Errorf("%s while new names are limited: %v", sni, err)
 		}
 	}
 }

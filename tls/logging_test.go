@@ -136,7 +136,7 @@ func TestCauseLogBoundsDistinctCauses(t *testing.T) {
 
 func TestCertmagicLogsBridgedAtWarn(t *testing.T) {
 	rec, logger := newRecorder(t)
-	z := newZapLogger(newCauseLog(logger, nil)).Named("handshake")
+	z := newZapLogger(newCauseLog(logger, nil), nil).Named("handshake")
 	z.Info("chatty")
 	z.Debug("chattier")
 	for range 5 {
