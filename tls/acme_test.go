@@ -94,6 +94,7 @@ func startProcess(t *testing.T, out *syncBuffer, env []string, name string, args
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = out, out
+	killWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
 	}
@@ -337,12 +338,13 @@ func TestACMEWithPebble(t *testing.T) {
 		}
 	}
 
-	// A reload adding late.example and dropping http01.example: the new
-	// name is obtained, the dropped one no longer served.
-	if err := m2.Update(ctx, acmeConfig("", "alpn.example", "late.example", "*.wild.example")); err != nil {
+	// A reload adding late.wild.example (under a wildcard that was
+	// already configured) and dropping http01.example: the new name is
+	// obtained, the dropped one no longer served.
+	if err := m2.Update(ctx, acmeConfig("", "alpn.example", "late.wild.example", "*.wild.example")); err != nil {
 		t.Fatal(err)
 	}
-	waitServed("late.example")
+	waitServed("late.wild.example")
 	if _, err := handshake(tlsLn.Addr().String(), "http01.example", pebbleRoots); err == nil {
 		t.Error("http01.example still served after it was removed")
 	}
@@ -351,7 +353,7 @@ func TestACMEWithPebble(t *testing.T) {
 	if err := m2.Update(ctx, changedCA); !errors.Is(err, ErrRestartRequired) {
 		t.Errorf("Update changing tls.ca: err = %v; want ErrRestartRequired", err)
 	}
-	t.Logf("reload obtained late.example after %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("reload obtained late.wild.example after %s", time.Since(start).Round(time.Millisecond))
 
 	// Unconfigured names and wildcards: refused, and never asked of Pebble.
 	for _, sni := range []string{"evil.example", "a.wild.example"} {
@@ -364,9 +366,9 @@ func TestACMEWithPebble(t *testing.T) {
 	}
 	pl := pebbleLog.String()
 	if orders := strings.Count(pl, "POST /order-plz"); orders != 3 {
-		t.Errorf("pebble received %d new orders; want 3 (http01.example, alpn.example, late.example)", orders)
+		t.Errorf("pebble received %d new orders; want 3 (http01.example, alpn.example, late.wild.example)", orders)
 	}
-	for _, name := range []string{"evil.example", "wild.example"} {
+	for _, name := range []string{"evil.example", "a.wild.example", `"*.wild.example"`} {
 		if strings.Contains(pl, name) || strings.Contains(challLog.String(), name) {
 			t.Errorf("pebble or its DNS server saw %s", name)
 		}

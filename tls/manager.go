@@ -340,20 +340,18 @@ func (m *Manager) loadFiles(ctx context.Context, pairs []config.CertFile) error 
 		m.cache.Remove(added)
 	}
 	for i, p := range pairs {
-		// Parse first, for errors that name the files; certmagic then
-		// loads the same files.
-		pair, err := cryptotls.LoadX509KeyPair(p.Cert, p.Key)
+		h, leaf, err := m.loadPair(ctx, p)
 		if err != nil {
 			undo()
 			return fmt.Errorf("loading tls.certificates[%d] (%s, %s): %w", i, p.Cert, p.Key, err)
 		}
 		if i == 0 {
-			defaultName = firstName(pair.Leaf)
+			defaultName = firstName(leaf)
 		}
-		h, err := m.magic.CacheUnmanagedCertificatePEMFile(ctx, p.Cert, p.Key, nil)
-		if err != nil {
-			undo()
-			return fmt.Errorf("loading tls.certificates[%d] (%s, %s): %w", i, p.Cert, p.Key, err)
+		if left := time.Until(leaf.NotAfter); left < expiryWarning {
+			// Files are renewed by someone else; say so before clients do.
+			m.logger.Warn("certificate file expires soon or has expired; renew it and reload",
+				slog.String("cert", p.Cert), slog.Time("not_after", leaf.NotAfter), slog.Duration("left", left.Round(time.Minute)))
 		}
 		hashes = append(hashes, h)
 	}
@@ -366,6 +364,32 @@ func (m *Manager) loadFiles(ctx context.Context, pairs []config.CertFile) error 
 	m.state.Store(&state{fileHashes: hashes, defaultName: defaultName})
 	m.cache.Remove(stale)
 	return nil
+}
+
+// expiryWarning is how close to its expiry a certificate file is reported
+// at load time (files mode does not renew).
+const expiryWarning = 14 * 24 * time.Hour
+
+// loadPair reads a pair once, checks it, and caches it; it returns the
+// cache key and the leaf.
+func (m *Manager) loadPair(ctx context.Context, p config.CertFile) (string, *x509.Certificate, error) {
+	certPEM, err := os.ReadFile(p.Cert)
+	if err != nil {
+		return "", nil, err
+	}
+	keyPEM, err := os.ReadFile(p.Key)
+	if err != nil {
+		return "", nil, err
+	}
+	pair, err := cryptotls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return "", nil, err
+	}
+	h, err := m.magic.CacheUnmanagedCertificatePEMBytes(ctx, certPEM, keyPEM, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	return h, pair.Leaf, nil
 }
 
 // firstName returns the name a certificate is looked up by for a client
@@ -621,12 +645,12 @@ func (m *Manager) Update(ctx context.Context, cfg *config.Config) error {
 		var removed []certmagic.SubjectIssuer
 		var addedNames []string
 		for _, n := range hosts.exactNames() {
-			if !old.allows(n) {
+			if !old.allowsExact(n) {
 				addedNames = append(addedNames, n)
 			}
 		}
 		for _, n := range old.exactNames() {
-			if !hosts.allows(n) {
+			if !hosts.allowsExact(n) {
 				removed = append(removed, certmagic.SubjectIssuer{Subject: n})
 			}
 		}

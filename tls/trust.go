@@ -3,9 +3,6 @@ package tls
 import (
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"runtime"
 	"strings"
 
 	"github.com/smallstep/truststore"
@@ -34,34 +31,6 @@ func InstallRoot(storage string) error {
 	}
 	if err := truststore.InstallFile(path, opts...); err != nil {
 		return fmt.Errorf("installing %s into the system trust store: %w", path, explainTrustError(err))
-	}
-	return nil
-}
-
-// trustPrecheck turns the failures truststore would report obscurely (a
-// failed "tee", an unknown command) into advice for the person at the
-// terminal. Other systems are left to truststore.
-func trustPrecheck() error {
-	if runtime.GOOS != "linux" {
-		return nil
-	}
-	if len(truststore.SystemTrustCommand) == 0 {
-		return errors.New("no system trust store found (on Debian or Ubuntu: apt-get install ca-certificates)")
-	}
-	tool := truststore.SystemTrustCommand[0]
-	if _, err := exec.LookPath(tool); err != nil {
-		hint := ""
-		if _, err := os.Stat("/etc/debian_version"); err == nil {
-			hint = " (on Debian or Ubuntu: apt-get install ca-certificates)"
-		}
-		return fmt.Errorf("%s not found in PATH%s", tool, hint)
-	}
-	if os.Geteuid() != 0 {
-		if _, err := exec.LookPath("sudo"); err != nil {
-			return errors.New("changing the system trust store needs root: run this command as root")
-		}
-		// truststore runs the commands through sudo, which asks for a
-		// password if it needs one.
 	}
 	return nil
 }
