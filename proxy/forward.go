@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/ratelimit"
 )
 
 // Route is one entry of a routing table, with everything it needs to forward
@@ -25,14 +26,15 @@ type Route struct {
 	rp      *httputil.ReverseProxy
 	bal     *balancer
 	trusted []netip.Prefix
-	ws      *wsRoute // connection counters, shared with the same-named route of later configs
+	ws      *wsRoute         // connection counters, shared with the same-named route of later configs
+	limiter *ratelimit.Keyed // per-client request limit; nil = none
 }
 
 // Name is the route's name as used in logs and metrics.
 func (r *Route) Name() string { return r.cfg.Name }
 
 func newRoute(cfg *config.Route, trusted []netip.Prefix, sh *shared, errLog *slog.Logger) *Route {
-	r := &Route{cfg: cfg, trusted: trusted, ws: sh.wsRoute(cfg.Name)}
+	r := &Route{cfg: cfg, trusted: trusted, ws: sh.wsRoute(cfg.Name), limiter: sh.limiter(cfg.Name, cfg.RateLimit)}
 	ups := make([]*upstream, len(cfg.Upstreams))
 	for i, u := range cfg.Upstreams {
 		ups[i] = sh.upstream(u)
@@ -116,16 +118,7 @@ func (r *Route) setForwarded(pr *httputil.ProxyRequest) {
 
 func peerTrusted(remoteAddr string, trusted []netip.Prefix) bool {
 	ap, err := netip.ParseAddrPort(remoteAddr)
-	if err != nil {
-		return false
-	}
-	ip := ap.Addr().Unmap()
-	for _, p := range trusted {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
+	return err == nil && isTrusted(ap.Addr().Unmap(), trusted)
 }
 
 // stripPrefix removes prefix, a route path other than "/" that matched on a

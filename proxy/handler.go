@@ -11,14 +11,18 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/metrics"
 	"github.com/sluice-proxy/sluice/proxy/splice"
+	"github.com/sluice-proxy/sluice/ratelimit"
 )
 
 // now is the clock of the forwarding path.
@@ -32,12 +36,15 @@ type Options struct {
 	// AccessLog receives one record per request and per WebSocket session.
 	// nil turns the access log off.
 	AccessLog *slog.Logger
+	// Metrics counts requests, sessions and failures. nil counts nothing.
+	Metrics *metrics.Metrics
 }
 
 // Handler routes and forwards requests. Its zero value is not usable; call
 // New.
 type Handler struct {
 	log      *slog.Logger
+	metrics  *metrics.Metrics
 	access   atomic.Pointer[slog.Logger] // nil = access log off
 	table    atomic.Pointer[table]
 	shared   *shared
@@ -57,7 +64,9 @@ type shared struct {
 	mu         sync.Mutex
 	upstreams  map[string]*upstream
 	wsRoutes   map[string]*wsRoute
+	limiters   map[string]*routeLimiter // by route name
 	transports transports
+	metrics    *metrics.Metrics
 }
 
 func (s *shared) upstream(u *url.URL) *upstream {
@@ -65,9 +74,28 @@ func (s *shared) upstream(u *url.URL) *upstream {
 	if up := s.upstreams[key]; up != nil {
 		return up
 	}
-	up := &upstream{url: u, key: key}
+	up := &upstream{url: u, key: key, metrics: s.metrics}
 	s.upstreams[key] = up
 	return up
+}
+
+// routeLimiter is a route's per-client limiter, kept across reloads while
+// the route keeps its name and its limits.
+type routeLimiter struct {
+	cfg config.RateLimit
+	k   *ratelimit.Keyed
+}
+
+func (s *shared) limiter(name string, rl config.RateLimit) *ratelimit.Keyed {
+	if rl.RequestsPerSecond <= 0 {
+		return nil
+	}
+	if l := s.limiters[name]; l != nil && l.cfg == rl {
+		return l.k
+	}
+	l := &routeLimiter{cfg: rl, k: ratelimit.NewKeyed(rl.RequestsPerSecond, rl.Burst, 0)}
+	s.limiters[name] = l
+	return l.k
 }
 
 func (s *shared) wsRoute(name string) *wsRoute {
@@ -85,8 +113,14 @@ func New(cfg *config.Config, opts Options) *Handler {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	h := &Handler{
-		log:    opts.Logger,
-		shared: &shared{upstreams: map[string]*upstream{}, wsRoutes: map[string]*wsRoute{}},
+		log:     opts.Logger,
+		metrics: opts.Metrics,
+		shared: &shared{
+			upstreams: map[string]*upstream{},
+			wsRoutes:  map[string]*wsRoute{},
+			limiters:  map[string]*routeLimiter{},
+			metrics:   opts.Metrics,
+		},
 	}
 	h.access.Store(opts.AccessLog)
 	h.Apply(cfg)
@@ -105,9 +139,10 @@ func (h *Handler) Apply(cfg *config.Config) {
 	defer sh.mu.Unlock()
 	// Keep the shared state of what the new configuration still names, so
 	// health and counters carry over and removed entries are forgotten.
-	oldUps, oldWS := sh.upstreams, sh.wsRoutes
+	oldUps, oldWS, oldLim := sh.upstreams, sh.wsRoutes, sh.limiters
 	sh.upstreams = make(map[string]*upstream, len(oldUps))
 	sh.wsRoutes = make(map[string]*wsRoute, len(oldWS))
+	sh.limiters = make(map[string]*routeLimiter, len(oldLim))
 	routes := make([]*Route, len(cfg.Routes))
 	for i := range cfg.Routes {
 		rc := &cfg.Routes[i]
@@ -118,6 +153,9 @@ func (h *Handler) Apply(cfg *config.Config) {
 		}
 		if w := oldWS[rc.Name]; w != nil {
 			sh.wsRoutes[rc.Name] = w
+		}
+		if l := oldLim[rc.Name]; l != nil {
+			sh.limiters[rc.Name] = l
 		}
 		routes[i] = newRoute(rc, cfg.TrustedProxies, sh, h.log)
 	}
@@ -143,6 +181,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.rec.ResponseWriter = w
 	x.info.path = cleanPath(r.URL.Path)
 	t := h.table.Load()
+	x.client = clientAddr(r, t.cfg.TrustedProxies)
 	route, hostMatched := t.router.Lookup(r.Host, x.info.path)
 	// An absolute-form target ("GET http://elsewhere/ HTTP/1.1") is served
 	// only when a route names its host: sluice is never an open proxy.
@@ -156,10 +195,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		plainError(&x.rec, http.StatusNotFound, "no route for this host and path")
 	case isWebSocketUpgrade(r):
 		h.serveWebSocket(x, r)
+	case !h.allow(x):
+		// refused with 429
 	default:
 		h.forward(x, r)
 	}
+	if !x.websocket {
+		name := "none"
+		if route != nil {
+			name = route.cfg.Name
+		}
+		h.metrics.Request(name, x.rec.status, now().Sub(x.start))
+	}
 	h.logRequest(x, r)
+}
+
+// allow applies the route's per-client rate limit, answering 429 with
+// Retry-After when the client is over it.
+func (h *Handler) allow(x *exchange) bool {
+	lim := x.route.limiter
+	if lim == nil || !x.client.IsValid() {
+		return true
+	}
+	ok, retry := lim.Allow(x.client, now())
+	if ok {
+		return true
+	}
+	x.info.reason = "rate_limited"
+	h.metrics.RateLimited(x.route.cfg.Name)
+	x.rec.Header().Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
+	plainError(&x.rec, http.StatusTooManyRequests, "too many requests")
+	return false
 }
 
 func (h *Handler) forward(x *exchange, r *http.Request) {
@@ -181,11 +247,12 @@ func (h *Handler) forward(x *exchange, r *http.Request) {
 // exchange gathers what the access log needs about one request, in one
 // allocation.
 type exchange struct {
-	start time.Time
-	route *Route
-	rec   recorder
-	body  countingBody
-	info  requestInfo
+	start  time.Time
+	client netip.Addr // the client's address, from X-Forwarded-For when the peer is trusted
+	route  *Route
+	rec    recorder
+	body   countingBody
+	info   requestInfo
 
 	websocket bool         // the request became a WebSocket session
 	stats     splice.Stats // of that session
@@ -202,7 +269,7 @@ func (h *Handler) logRequest(x *exchange, r *http.Request) {
 	}
 	attrs := make([]slog.Attr, 0, 12)
 	attrs = append(attrs,
-		slog.String("client", clientIP(r.RemoteAddr)),
+		slog.String("client", x.clientString(r)),
 		slog.String("method", r.Method),
 		slog.String("host", r.Host),
 		slog.String("path", r.URL.Path),
@@ -235,7 +302,7 @@ func (h *Handler) logSession(access *slog.Logger, x *exchange, r *http.Request) 
 	st := &x.stats
 	attrs := make([]slog.Attr, 0, 20)
 	attrs = append(attrs,
-		slog.String("client", clientIP(r.RemoteAddr)),
+		slog.String("client", x.clientString(r)),
 		slog.String("method", r.Method),
 		slog.String("host", r.Host),
 		slog.String("path", r.URL.Path),
@@ -259,6 +326,57 @@ func (h *Handler) logSession(access *slog.Logger, x *exchange, r *http.Request) 
 		attrs = append(attrs, slog.String("error", st.Err.Error()))
 	}
 	access.LogAttrs(r.Context(), slog.LevelInfo, "websocket", attrs...)
+}
+
+func (x *exchange) clientString(r *http.Request) string {
+	if x.client.IsValid() {
+		return x.client.String()
+	}
+	return clientIP(r.RemoteAddr)
+}
+
+// clientAddr returns the address of the client: the peer, or, when the
+// peer is a trusted proxy, the nearest address in X-Forwarded-For that is
+// not itself a trusted proxy (read from the right, as each proxy appends).
+func clientAddr(r *http.Request, trusted []netip.Prefix) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	addr := ap.Addr().Unmap()
+	if len(trusted) == 0 || !isTrusted(addr, trusted) {
+		return addr
+	}
+	values := r.Header.Values("X-Forwarded-For")
+	for i := len(values) - 1; i >= 0; i-- {
+		v := values[i]
+		for v != "" {
+			j := strings.LastIndexByte(v, ',')
+			part := strings.TrimSpace(v[j+1:])
+			v = v[:max(j, 0)]
+			a, err := netip.ParseAddr(part)
+			if err != nil {
+				return addr // garbage: stop believing the chain here
+			}
+			addr = a.Unmap()
+			if !isTrusted(addr, trusted) {
+				return addr
+			}
+			if j < 0 {
+				break
+			}
+		}
+	}
+	return addr
+}
+
+func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {
+	for _, p := range trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 func clientIP(remoteAddr string) string {

@@ -703,3 +703,70 @@ func BenchmarkProxySmallGET(b *testing.B) {
 		}
 	})
 }
+
+func TestRateLimitPerClient(t *testing.T) {
+	a := echoUpstream(t, "a")
+	r := route("/", a.URL)
+	r.RateLimit = config.RateLimit{RequestsPerSecond: 0.5, Burst: 2}
+	p := startProxy(t, &config.Config{
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+		Routes:         []config.Route{r},
+	})
+	do := func(xff string) *http.Response {
+		req := mustReq("GET", p.URL+"/", nil)
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	// The peer is a trusted proxy, so clients are told apart by
+	// X-Forwarded-For: each gets its own burst of 2.
+	for _, client := range []string{"203.0.113.1", "203.0.113.2, 127.0.0.1"} {
+		for i := range 2 {
+			if resp := do(client); resp.StatusCode != 200 {
+				t.Fatalf("client %s request %d: %d", client, i+1, resp.StatusCode)
+			}
+		}
+		resp := do(client)
+		if resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "2" {
+			t.Fatalf("client %s over the limit: %d Retry-After %q, want 429 and 2", client, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+	rec := p.log.lastLog(t, "/")
+	if rec["status"] != 429.0 || rec["error"] != "rate_limited" || rec["client"] != "203.0.113.2" {
+		t.Fatalf("access log %v", rec)
+	}
+}
+
+func TestClientAddr(t *testing.T) {
+	trusted := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("127.0.0.1/32")}
+	tests := []struct {
+		remote string
+		xff    []string
+		want   string
+	}{
+		{"198.51.100.1:5000", []string{"1.2.3.4"}, "198.51.100.1"},            // untrusted peer: its header is ignored
+		{"127.0.0.1:5000", []string{"1.2.3.4"}, "1.2.3.4"},                    // trusted peer
+		{"127.0.0.1:5000", []string{"6.6.6.6, 1.2.3.4, 10.1.1.1"}, "1.2.3.4"}, // skip trusted hops from the right; the forged left part is not reached
+		{"127.0.0.1:5000", []string{"6.6.6.6", "1.2.3.4"}, "1.2.3.4"},         // several header lines
+		{"127.0.0.1:5000", []string{"10.0.0.1, 10.0.0.2"}, "10.0.0.1"},        // all trusted: the farthest
+		{"127.0.0.1:5000", []string{"junk, 1.2.3.4"}, "1.2.3.4"},
+		{"127.0.0.1:5000", []string{"1.2.3.4, junk"}, "127.0.0.1"}, // garbage next to us: trust stops
+		{"127.0.0.1:5000", nil, "127.0.0.1"},
+		{"[::ffff:127.0.0.1]:5000", []string{"2001:db8::1"}, "2001:db8::1"},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.RemoteAddr = tt.remote
+		r.Header["X-Forwarded-For"] = tt.xff
+		if got := clientAddr(r, trusted).String(); got != tt.want {
+			t.Errorf("clientAddr(%s, %q) = %s, want %s", tt.remote, tt.xff, got, tt.want)
+		}
+	}
+}

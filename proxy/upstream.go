@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sluice-proxy/sluice/metrics"
 )
 
 // downFor is how long an upstream whose dial failed is skipped.
@@ -21,11 +23,16 @@ type upstream struct {
 	url       *url.URL
 	key       string       // url.String(), for logs
 	downUntil atomic.Int64 // unix nanoseconds; 0 = up
+	metrics   *metrics.Metrics
 }
 
 func (u *upstream) up(now time.Time) bool { return u.downUntil.Load() <= now.UnixNano() }
 
-func (u *upstream) markDown(now time.Time) { u.downUntil.Store(now.Add(downFor).UnixNano()) }
+// markDown records a failed dial: the upstream is skipped for downFor.
+func (u *upstream) markDown(now time.Time) {
+	u.downUntil.Store(now.Add(downFor).UnixNano())
+	u.metrics.DialFailed(u.key)
+}
 
 // balancer spreads a route's requests over its upstreams in round robin and
 // retries an idempotent request once on the next upstream when the dial to

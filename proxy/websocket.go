@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/metrics"
 	"github.com/sluice-proxy/sluice/proxy/splice"
 )
 
@@ -96,7 +97,7 @@ func (h *Handler) serveWebSocket(x *exchange, r *http.Request) {
 		plainError(&x.rec, http.StatusBadRequest, "websocket upgrade needs HTTP/1.1")
 		return
 	}
-	ip := clientIP(r.RemoteAddr)
+	ip := x.clientString(r)
 	if !x.route.ws.acquire(ip, ws.MaxConnections, ws.MaxConnectionsPerIP) {
 		x.info.reason = "websocket_connection_limit"
 		x.rec.Header().Set("Retry-After", "1")
@@ -310,8 +311,15 @@ func (h *Handler) splice(x *exchange, r *http.Request, backend net.Conn, br *buf
 	if !h.sessions.add(sess) {
 		sess.Shutdown() // shutting down already: say 1001 at once
 	}
+	name := x.route.cfg.Name
+	h.metrics.SessionStarted(name)
 	x.stats = sess.Run(context.WithoutCancel(r.Context()))
 	h.sessions.remove(sess)
+	st := &x.stats
+	h.metrics.SessionEnded(name, metrics.Session{
+		FramesIn: st.FramesIn, FramesOut: st.FramesOut, BytesIn: st.BytesIn, BytesOut: st.BytesOut,
+		Reason: st.Reason, LimitHits: st.LimitHits,
+	})
 }
 
 // extensionNamed reports whether a Sec-WebSocket-Extensions header

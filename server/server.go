@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/metrics"
 	"github.com/sluice-proxy/sluice/proxy"
 )
 
@@ -42,6 +43,7 @@ type Server struct {
 	access  *accessSink
 	handler *proxy.Handler
 	certs   *certs
+	metrics *metrics.Metrics
 
 	mu        sync.Mutex // serialises Start, Reload and Shutdown
 	cfg       *config.Config
@@ -80,7 +82,8 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.access = access
-	s.handler = proxy.New(cfg, proxy.Options{Logger: s.log, AccessLog: access.logger()})
+	s.metrics = metrics.New()
+	s.handler = proxy.New(cfg, proxy.Options{Logger: s.log, AccessLog: access.logger(), Metrics: s.metrics})
 	return s, nil
 }
 
@@ -265,6 +268,7 @@ func (s *Server) adminHandler() http.Handler {
 		}
 		io.WriteString(w, "ok\n")
 	})
+	mux.Handle("GET /metrics", s.metrics.Handler())
 	return mux
 }
 
@@ -272,9 +276,10 @@ func (s *Server) adminHandler() http.Handler {
 // flight are not disturbed. Listeners whose address did not change stay
 // open; a changed one is bound anew before the old one is closed, and if it
 // cannot be bound the reload is refused and the old configuration stays.
-func (s *Server) Reload(cfg *config.Config) error {
+func (s *Server) Reload(cfg *config.Config) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer func() { s.metrics.Reload(err == nil) }()
 	if s.shutting.Load() {
 		return errors.New("reload refused: shutting down")
 	}
@@ -334,6 +339,10 @@ func (s *Server) closeListener(l *listener, grace time.Duration) {
 	<-l.done
 	s.log.Info("stopped listening", "listener", l.name, "addr", l.addr)
 }
+
+// RefuseReload records a reload that failed before reaching Reload, such as
+// a file with errors.
+func (s *Server) RefuseReload() { s.metrics.Reload(false) }
 
 // Shutdown stops accepting connections, answers /healthz with 503, ends
 // WebSocket sessions with close 1001, lets in-flight requests finish until

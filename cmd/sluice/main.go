@@ -174,6 +174,7 @@ func serve(srv *server.Server, logger *slog.Logger, load func() (*config.Config,
 			}
 			cfg, err := load()
 			if err != nil {
+				srv.RefuseReload()
 				// Every problem on its own line, then carry on with the old
 				// configuration.
 				for _, line := range strings.Split(err.Error(), "\n") {
