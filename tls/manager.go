@@ -16,7 +16,9 @@
 //     only a wildcard allows (any number of them exist) get at most 20 new
 //     certificates at once and 20 a minute after that. InstallRoot makes
 //     the system trust the CA.
-//   - files: the configured PEM pairs.
+//   - files: the configured PEM pairs; a client without SNI gets the pair
+//     naming the IP address it dialled, else the first pair. Files are
+//     re-read on Update.
 //
 // Handshakes that cannot be served (an unknown SNI, a failed issuance) fail
 // and are logged once per cause per minute, not once per connection.
@@ -140,8 +142,8 @@ type options struct {
 // for the duration of the challenge.
 //
 // ctx bounds only what New does before it returns (creating the internal CA,
-// loading files); background work runs until Stop. Records go to logger,
-// certmagic's own at warn level and above.
+// loading files); background work runs until Stop. Records go to logger
+// (nil discards them), certmagic's own at warn level and above.
 func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Manager, error) {
 	return newManager(ctx, cfg, logger, options{})
 }
@@ -713,8 +715,8 @@ func (m *Manager) checkRestartOnly(cfg *config.Config) error {
 	return nil
 }
 
-// Stop ends background certificate work (obtaining, renewal) and empties
-// the cache; handshakes after Stop fail. It waits for certmagic's
+// Stop ends background certificate work (obtaining, renewal); handshakes
+// after Stop fail. It waits for certmagic's
 // maintenance goroutine; ACME operations in flight are cancelled and end
 // shortly after. Stop is idempotent.
 func (m *Manager) Stop() {
