@@ -1,0 +1,641 @@
+// Package splice relays WebSocket frames between a client and a backend after
+// the HTTP/1.1 upgrade handshake is done. It knows nothing of HTTP: it is
+// handed two connections (and whatever bytes were read past the handshake)
+// and splices them frame by frame, without decoding payloads. Masking and
+// compression bits pass through as they came, so a valid stream comes out
+// byte for byte. On the way it enforces the protocol rules of RFC 6455 (and
+// RFC 7692 for RSV1), the per-connection limits of the route, idle and ping
+// timers, and the close handshake on both sides.
+//
+// Memory is the design constraint: an idle session holds no payload buffer.
+// Each direction waits for the source socket to become readable without a
+// buffer, then borrows one from a pool, handles every frame in what arrived
+// and gives the buffer back. The per-direction parser state lives in a small
+// struct (see dir), not on a goroutine stack, so that a readiness-driven
+// driver could run the same state machine without goroutines.
+package splice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/sluice-proxy/sluice/ratelimit"
+)
+
+// DefaultWriteTimeout bounds one write to either peer when
+// Options.WriteTimeout is zero. A peer that stops reading cannot pin a session
+// longer than this.
+const DefaultWriteTimeout = 30 * time.Second
+
+// closeGrace is how long the session waits for the close handshake to finish
+// once a close frame was sent or received, or one side went away.
+const closeGrace = time.Second
+
+// hurryWriteTimeout bounds the courtesy close frames written when Run's
+// context ends.
+const hurryWriteTimeout = 100 * time.Millisecond
+
+// Options are the limits and timers of one session. The zero value splices
+// with no limits, no timers and no extensions.
+type Options struct {
+	// MessagesPerSecond limits client-to-backend data messages (counted at
+	// their first frame, not per fragment). 0 = unlimited.
+	MessagesPerSecond float64
+	// MessageBurst is how many messages may pass at once. 0 = the rate
+	// rounded up, at least 1.
+	MessageBurst int
+	// BytesPerSecond limits client-to-backend data payload bytes (headers
+	// and control frames are not charged). The burst is one second's worth.
+	// 0 = unlimited.
+	BytesPerSecond int64
+	// MaxMessageSize is the largest client-to-backend message in payload
+	// bytes, summed over its fragments (as sent: compressed if RSV1). A larger
+	// one closes the session with 1009 to the client. 0 = unlimited.
+	MaxMessageSize int64
+	// CloseOnLimit chooses what a rate limit does. false (throttle): stop
+	// reading from the client until tokens are there, so TCP pushes back and
+	// nothing is lost. true: close with 1008 to the client and 1001 to the
+	// backend.
+	CloseOnLimit bool
+	// IdleTimeout closes the session (1001 both ways) when no frame has been
+	// forwarded either way for this long. The proxy's own pings and the pongs
+	// it swallows do not count as traffic. 0 = never.
+	IdleTimeout time.Duration
+	// PingInterval makes the proxy ping the client this often. The pongs that
+	// answer those pings are not forwarded; a client that has not answered a
+	// ping by the next tick is closed (1001 both ways). 0 = no pings.
+	PingInterval time.Duration
+	// AllowRSV1 says permessage-deflate was negotiated: RSV1 may be set on
+	// the first frame of a data message. Otherwise any RSV bit is a protocol
+	// error.
+	AllowRSV1 bool
+	// WriteTimeout bounds each write to either peer. 0 = DefaultWriteTimeout.
+	WriteTimeout time.Duration
+}
+
+// Stats describes a finished session. In means client to backend, Out backend
+// to client.
+type Stats struct {
+	Duration time.Duration
+	// FramesIn and FramesOut count frame headers read from the client and
+	// from the backend; BytesIn and BytesOut count the bytes read from them,
+	// headers included, buffered bytes handed to New included.
+	FramesIn, FramesOut int64
+	BytesIn, BytesOut   int64
+	// ClientCloseCode and BackendCloseCode are the codes of the close frames
+	// each side sent: 0 = none seen, 1005 = a close frame without a code.
+	ClientCloseCode, BackendCloseCode int
+	// ClosedBy says who ended the session first: "client", "backend" or
+	// "proxy".
+	ClosedBy string
+	// Reason is a short word for why the session ended: "" for a close
+	// handshake started by a peer, else "client_gone", "backend_gone",
+	// "protocol_error", "max_message_size", "rate_limit", "idle_timeout",
+	// "ping_timeout", "shutdown" or "canceled".
+	Reason string
+	// LimitHits counts throttle waits and limit closes.
+	LimitHits int64
+	// Err is what went wrong: a protocol violation or an I/O error. It is nil
+	// for close handshakes, EOF, limits, timers and shutdown.
+	Err error
+}
+
+// side names one end of the session.
+type side uint8
+
+const (
+	sideClient side = iota
+	sideBackend
+)
+
+func (s side) String() string {
+	if s == sideClient {
+		return "client"
+	}
+	return "backend"
+}
+
+// cause is why the session ends; its word is Stats.Reason and the reason
+// text of the close frames the proxy sends.
+type cause uint8
+
+const (
+	causeNone cause = iota
+	causeClientGone
+	causeBackendGone
+	causeProtocol
+	causeSize
+	causeRate
+	causeIdle
+	causePing
+	causeShutdown
+	causeCanceled
+)
+
+var causeWords = [...]string{"", "client_gone", "backend_gone", "protocol_error", "max_message_size",
+	"rate_limit", "idle_timeout", "ping_timeout", "shutdown", "canceled"}
+
+func (c cause) String() string { return causeWords[c] }
+
+// goneCause is the cause when peer x vanishes.
+func goneCause(x side) cause {
+	if x == sideClient {
+		return causeClientGone
+	}
+	return causeBackendGone
+}
+
+// goneCode is the close code sent to peer x when the other peer vanishes:
+// 1014 (bad gateway) to the client, 1001 (going away) to the backend.
+func goneCode(x side) ws.StatusCode {
+	if x == sideClient {
+		return 1014
+	}
+	return ws.StatusGoingAway
+}
+
+var errRunTwice = errors.New("splice: Run called twice")
+
+// Session splices one WebSocket connection. Create it with New, run it with
+// Run; Shutdown may be called from any goroutine.
+type Session struct {
+	opt Options
+	lim *ratelimit.Stream // nil: no rate limits
+
+	client, backend peer
+	c2b, b2c        dir
+
+	start      time.Time
+	lastActive atomic.Int64 // nanoseconds since start of the last forwarded write
+	closing    atomic.Bool  // a close is under way: limits no longer apply
+	hurry      atomic.Bool  // Run's context ended: writes get hurryWriteTimeout
+	pingSeq    atomic.Uint32
+	pingSent   atomic.Uint32 // sequence number of the last ping written
+	pongGot    atomic.Uint32 // sequence number of the last ping answered
+
+	ctx    context.Context // canceled at teardown; limiter waits use it
+	cancel context.CancelFunc
+
+	mu          sync.Mutex
+	running     bool // guarded by mu
+	shutdownReq bool // guarded by mu
+	torn        bool // guarded by mu; tornc is closed when it turns true
+	tornc       chan struct{}
+	// hs tracks each peer's close handshake: a close frame came from it
+	// (or it is gone) and one went to it (or cannot).
+	hs       [2]struct{ from, to bool } // guarded by mu
+	closedBy string                     // guarded by mu
+	cause    cause                      // guarded by mu
+	err      error                      // guarded by mu
+	// Timers and the context hook. Each armed one holds a count in wg that
+	// its callback releases, or teardown when it stops it first.
+	idle, ping, grace *time.Timer // guarded by mu
+	stopCtx           func() bool // guarded by mu
+	wg                sync.WaitGroup
+}
+
+// New returns a session that will splice client and backend.
+//
+// clientBuffered and backendBuffered are bytes already read past the
+// handshake from each connection (by a bufio.Reader, typically). They are
+// frames and are forwarded first. New keeps the slices without copying; the
+// caller must not change them until Run returns.
+//
+// The session owns both connections from now on: Run closes them. If Run is
+// never called they stay the caller's to close.
+func New(client net.Conn, clientBuffered []byte, backend net.Conn, backendBuffered []byte, opt Options) *Session {
+	if opt.WriteTimeout <= 0 {
+		opt.WriteTimeout = DefaultWriteTimeout
+	}
+	s := &Session{opt: opt, tornc: make(chan struct{})}
+	if opt.MessagesPerSecond > 0 || opt.BytesPerSecond > 0 {
+		s.lim = ratelimit.NewStream(ratelimit.StreamLimits{
+			MessagesPerSecond: opt.MessagesPerSecond,
+			MessageBurst:      opt.MessageBurst,
+			BytesPerSecond:    opt.BytesPerSecond,
+		})
+	}
+	s.client.init(client, sideClient)
+	s.backend.init(backend, sideBackend)
+	ext := ws.State(0)
+	if opt.AllowRSV1 {
+		ext = ws.StateExtended
+	}
+	// Toward the client the proxy is the server, so the client's frames are
+	// checked as a server checks them; toward the backend it is the client.
+	s.c2b.init(&s.client, &s.backend, clientBuffered, ws.StateServerSide|ext)
+	s.b2c.init(&s.backend, &s.client, backendBuffered, ws.StateClientSide|ext)
+	if b := s.lim.ByteBurst(); b > 0 {
+		// Read no more than the byte bucket can ever pay for at once: a
+		// throttled client is then held back by TCP, not by our buffer.
+		s.c2b.readCap = int(min(b, bufSize))
+	}
+	return s
+}
+
+// Run splices until the session is over and returns what happened. When it
+// returns, both connections are closed and every goroutine it started has
+// returned. Ending ctx ends the session abruptly: close frames with 1001 go
+// to both peers if they can be written at once, then the connections close.
+// Run may be called once.
+func (s *Session) Run(ctx context.Context) Stats {
+	s.mu.Lock()
+	if s.running || s.torn {
+		s.mu.Unlock()
+		return Stats{Err: errRunTwice}
+	}
+	s.running = true
+	s.start = time.Now()
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	if ctx.Done() != nil {
+		s.wg.Add(1)
+		s.stopCtx = context.AfterFunc(ctx, s.onCancel)
+	}
+	if d := s.opt.IdleTimeout; d > 0 {
+		s.wg.Add(1)
+		s.idle = time.AfterFunc(d, s.onIdle)
+	}
+	if d := s.opt.PingInterval; d > 0 {
+		s.wg.Add(1)
+		s.ping = time.AfterFunc(d, s.onPing)
+	}
+	if s.shutdownReq {
+		s.spawnShutdownLocked()
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+
+	go func() {
+		defer s.wg.Done()
+		s.loop(&s.b2c)
+	}()
+	s.loop(&s.c2b)
+	// The client side is done; teardown follows at the latest closeGrace
+	// after that (loop made sure of it). Only then can the timers no longer
+	// be armed, so only then is it safe to wait for them.
+	<-s.tornc
+	s.wg.Wait()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{
+		Duration:         time.Since(s.start),
+		FramesIn:         s.c2b.frames,
+		FramesOut:        s.b2c.frames,
+		BytesIn:          s.c2b.bytes,
+		BytesOut:         s.b2c.bytes,
+		ClientCloseCode:  s.c2b.closeCode,
+		BackendCloseCode: s.b2c.closeCode,
+		ClosedBy:         s.closedBy,
+		Reason:           s.cause.String(),
+		LimitHits:        s.c2b.limitHits,
+		Err:              s.err,
+	}
+}
+
+// Shutdown ends the session gracefully: close 1001 goes to both peers and
+// they get closeGrace (one second) to answer before the connections close.
+// It does not wait for that; Run returns when it is over. Shutdown may be
+// called from any goroutine, more than once, before or during Run; called
+// before Run, it takes effect as soon as Run starts.
+func (s *Session) Shutdown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdownReq {
+		return
+	}
+	s.shutdownReq = true
+	if s.running && !s.torn {
+		s.spawnShutdownLocked()
+	}
+}
+
+// spawnShutdownLocked starts the shutdown in its own goroutine: writing the
+// close frames may block on a slow peer (until teardown at the latest), and
+// Shutdown's caller must not.
+func (s *Session) spawnShutdownLocked() {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.initiate(causeShutdown, ws.StatusGoingAway, ws.StatusGoingAway, nil)
+	}()
+}
+
+// loop runs direction d until its source is done, then reports it.
+func (s *Session) loop(d *dir) {
+	if len(d.pre) > 0 {
+		d.bytes += int64(len(d.pre))
+		s.feed(d, d.pre, time.Now())
+		d.pre = nil
+	}
+	var err error
+	for err == nil {
+		err = s.pump(d)
+	}
+	s.sourceDone(d, err)
+}
+
+// pump waits until d's source is readable, then reads and handles what is
+// there with a pooled buffer, and gives the buffer back before returning.
+func (s *Session) pump(d *dir) error {
+	src := d.src
+	if src.raw != nil {
+		if err := src.raw.Read(d.readyFn); err != nil {
+			return err
+		}
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	if d.readCap > 0 && d.readCap < len(buf) {
+		buf = buf[:d.readCap]
+	}
+	poll := false
+	for {
+		if poll {
+			// crypto/tls may hold records it already took off the socket,
+			// so a quiet socket does not mean there is nothing to read.
+			// Read what it holds with a deadline in the past, which never
+			// blocks.
+			src.conn.SetReadDeadline(aLongTimeAgo)
+		}
+		n, err := src.conn.Read(buf)
+		if poll {
+			src.conn.SetReadDeadline(time.Time{})
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil
+			}
+		}
+		if n > 0 {
+			d.bytes += int64(n)
+			s.feed(d, buf[:n], time.Now())
+		}
+		switch {
+		case err != nil:
+			return err
+		case src.raw == nil:
+			return nil
+		case src.tls:
+			poll = true
+		case n < len(buf):
+			return nil
+		}
+	}
+}
+
+// sourceDone handles the end of d's source: EOF, an error, or teardown.
+func (s *Session) sourceDone(d *dir, err error) {
+	p := d.src
+	s.mu.Lock()
+	if s.torn {
+		s.mu.Unlock()
+		return
+	}
+	h := &s.hs[p.side]
+	vanished := !h.from
+	if vanished {
+		var e error
+		if !errors.Is(err, io.EOF) {
+			e = fmt.Errorf("reading from %s: %w", p.side, err)
+		}
+		s.setEndLocked(p.side.String(), goneCause(p.side), e)
+		h.from, h.to = true, true
+	}
+	if d.dstMid {
+		// The source left its destination inside a frame that can never be
+		// finished, so no close frame can follow it: do not wait for that
+		// peer either.
+		o := &s.hs[d.dst.side]
+		o.from, o.to = true, true
+		d.dst.gone.Store(true)
+	}
+	s.armGraceLocked()
+	done := s.doneLocked()
+	s.mu.Unlock()
+	if vanished {
+		p.gone.Store(true)
+	}
+	if done {
+		s.teardown()
+		return
+	}
+	if vanished {
+		s.requestClose(d.dst, goneCode(d.dst.side), goneCause(p.side))
+	}
+}
+
+// initiate starts a close decided by the proxy: clientCode to the client,
+// backendCode to the backend. The first cause recorded wins.
+func (s *Session) initiate(c cause, clientCode, backendCode ws.StatusCode, err error) {
+	s.mu.Lock()
+	if s.torn {
+		s.mu.Unlock()
+		return
+	}
+	s.setEndLocked("proxy", c, err)
+	s.armGraceLocked()
+	s.mu.Unlock()
+	s.requestClose(&s.client, clientCode, c)
+	s.requestClose(&s.backend, backendCode, c)
+}
+
+// writeFailed handles a failed write to p: p is gone.
+func (s *Session) writeFailed(p *peer, err error) {
+	s.mu.Lock()
+	if s.torn {
+		s.mu.Unlock()
+		return
+	}
+	s.setEndLocked(p.side.String(), goneCause(p.side), fmt.Errorf("writing to %s: %w", p.side, err))
+	s.hs[p.side].from, s.hs[p.side].to = true, true
+	s.armGraceLocked()
+	done := s.doneLocked()
+	s.mu.Unlock()
+	p.gone.Store(true)
+	if done {
+		s.teardown()
+		return
+	}
+	o := s.other(p)
+	s.requestClose(o, goneCode(o.side), goneCause(p.side))
+}
+
+// noteCloseFrom records that a close frame came from p.
+func (s *Session) noteCloseFrom(p *peer) {
+	s.mu.Lock()
+	if s.torn {
+		s.mu.Unlock()
+		return
+	}
+	s.hs[p.side].from = true
+	s.setEndLocked(p.side.String(), causeNone, nil)
+	s.armGraceLocked()
+	done := s.doneLocked()
+	s.mu.Unlock()
+	if done {
+		s.teardown()
+	}
+}
+
+// claimClose records p as the one who ended the session, if nobody did yet,
+// before p's close frame goes on and the answer can race with it.
+func (s *Session) claimClose(p *peer) {
+	s.mu.Lock()
+	s.setEndLocked(p.side.String(), causeNone, nil)
+	s.mu.Unlock()
+}
+
+// noteCloseTo records that a close frame was written to p.
+func (s *Session) noteCloseTo(p *peer) {
+	s.mu.Lock()
+	if s.torn {
+		s.mu.Unlock()
+		return
+	}
+	s.hs[p.side].to = true
+	s.armGraceLocked()
+	done := s.doneLocked()
+	s.mu.Unlock()
+	if done {
+		s.teardown()
+	}
+}
+
+// stuck records that d dropped the rest of a frame whose header it had
+// forwarded: the destination can get no close frame and is given up.
+func (s *Session) stuck(d *dir) {
+	d.dst.gone.Store(true)
+	s.mu.Lock()
+	if s.torn {
+		s.mu.Unlock()
+		return
+	}
+	o := &s.hs[d.dst.side]
+	o.from, o.to = true, true
+	done := s.doneLocked()
+	s.mu.Unlock()
+	if done {
+		s.teardown()
+	}
+}
+
+func (s *Session) other(p *peer) *peer {
+	if p == &s.client {
+		return &s.backend
+	}
+	return &s.client
+}
+
+// setEndLocked records who ended the session and why, if nobody did yet.
+func (s *Session) setEndLocked(by string, c cause, err error) {
+	if s.closedBy != "" {
+		return
+	}
+	s.closedBy, s.cause, s.err = by, c, err
+}
+
+func (s *Session) doneLocked() bool {
+	return s.hs[0].from && s.hs[0].to && s.hs[1].from && s.hs[1].to
+}
+
+// armGraceLocked starts the close grace timer if it is not running yet.
+func (s *Session) armGraceLocked() {
+	s.closing.Store(true)
+	if s.grace == nil && !s.torn {
+		s.wg.Add(1)
+		s.grace = time.AfterFunc(closeGrace, s.onGrace)
+	}
+}
+
+func (s *Session) onGrace() {
+	defer s.wg.Done()
+	s.teardown()
+}
+
+func (s *Session) onIdle() {
+	defer s.wg.Done()
+	s.mu.Lock()
+	if s.torn || s.closing.Load() {
+		s.mu.Unlock()
+		return
+	}
+	quiet := time.Since(s.start) - time.Duration(s.lastActive.Load())
+	if left := s.opt.IdleTimeout - quiet; left > 0 {
+		s.wg.Add(1)
+		s.idle.Reset(left)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.initiate(causeIdle, ws.StatusGoingAway, ws.StatusGoingAway, nil)
+}
+
+func (s *Session) onPing() {
+	defer s.wg.Done()
+	s.mu.Lock()
+	if s.torn || s.closing.Load() {
+		s.mu.Unlock()
+		return
+	}
+	if s.pingSent.Load() != s.pongGot.Load() {
+		s.mu.Unlock()
+		s.initiate(causePing, ws.StatusGoingAway, ws.StatusGoingAway, nil)
+		return
+	}
+	// A ping still waiting for the client stream to reach a frame boundary
+	// is not due yet; do not queue another.
+	if !s.client.pendPing.Load() {
+		s.pingSeq.Add(1)
+		s.client.pendPing.Store(true)
+	}
+	s.wg.Add(1)
+	s.ping.Reset(s.opt.PingInterval)
+	s.mu.Unlock()
+	s.kick(&s.client)
+}
+
+func (s *Session) onCancel() {
+	defer s.wg.Done()
+	s.hurry.Store(true)
+	now := time.Now()
+	s.client.conn.SetWriteDeadline(now.Add(hurryWriteTimeout))
+	s.backend.conn.SetWriteDeadline(now.Add(hurryWriteTimeout))
+	s.initiate(causeCanceled, ws.StatusGoingAway, ws.StatusGoingAway, nil)
+	s.teardown()
+}
+
+// teardown ends the session: timers stop, limiter waits end, both
+// connections close, and with them both directions.
+func (s *Session) teardown() {
+	s.mu.Lock()
+	if s.torn {
+		s.mu.Unlock()
+		return
+	}
+	s.torn = true
+	for _, t := range []*time.Timer{s.idle, s.ping, s.grace} {
+		if t != nil && t.Stop() {
+			s.wg.Done() // the callback will not run to release it
+		}
+	}
+	if s.stopCtx != nil && s.stopCtx() {
+		s.wg.Done()
+	}
+	close(s.tornc)
+	s.mu.Unlock()
+	s.cancel()
+	s.client.close()
+	s.backend.close()
+}
+
+// aLongTimeAgo is a read deadline that makes a read return at once.
+var aLongTimeAgo = time.Unix(1, 0)
