@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/metrics"
 	sluicetls "github.com/sluice-proxy/sluice/tls"
 )
 
@@ -23,17 +24,18 @@ type certs struct {
 // newCerts starts the certificate manager for cfg, or returns nil when TLS
 // is off. In acme mode the listeners must already be bound, so that
 // challenges reach them.
-func newCerts(cfg *config.Config, logger *slog.Logger) (*certs, error) {
+func newCerts(cfg *config.Config, logger *slog.Logger, m *metrics.Metrics) (*certs, error) {
 	if cfg.TLS.Mode == config.TLSOff {
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	m, err := sluicetls.New(ctx, cfg, logger)
+	mgr, err := sluicetls.New(ctx, cfg, logger)
 	if err != nil {
 		return nil, err
 	}
-	return &certs{m: m}, nil
+	mgr.OnEvent(m.CertEvent)
+	return &certs{m: mgr}, nil
 }
 
 func (c *certs) tlsConfig() *cryptotls.Config { return c.m.TLSConfig() }

@@ -99,7 +99,7 @@ func (s *Server) Start() error {
 		return err
 	}
 	// Certificates after binding: ACME challenges must find our listeners.
-	if s.certs, err = newCerts(s.cfg, s.log); err != nil {
+	if s.certs, err = newCerts(s.cfg, s.log, s.metrics); err != nil {
 		for _, ln := range bound {
 			ln.Close()
 		}

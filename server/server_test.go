@@ -70,7 +70,7 @@ func TestInternalTLS(t *testing.T) {
 	cfg := load(t, fmt.Sprintf(`
 listen: {http: %q, https: "127.0.0.1:0"}
 tls: {mode: internal, storage: %q, hsts: 24h}
-admin: {listen: off}
+admin: {listen: "127.0.0.1:0"}
 log: {access: off}
 routes:
   - upstreams: [%s]
@@ -131,6 +131,10 @@ routes:
 		t.Fatalf("plain http: %d Location %q; want 308 %q", resp.StatusCode, resp.Header.Get("Location"), want)
 	}
 
+	// The certificate issued on demand shows in the metrics.
+	if body := mustGet(t, "http://"+s.Addr("admin")+"/metrics"); !strings.Contains(body, `sluice_certificate_events_total{event="cert_obtained"} 1`) {
+		t.Errorf("/metrics does not count the obtained certificate:\n%s", grepLines(body, "sluice_certificate"))
+	}
 	// A client offering TLS 1.1 at most is refused.
 	conn, err := cryptotls.Dial("tcp", s.Addr("https"), &cryptotls.Config{ServerName: "localhost", RootCAs: roots, MaxVersion: cryptotls.VersionTLS11})
 	if err == nil {
@@ -253,4 +257,14 @@ func TestStartReportsBusyAddress(t *testing.T) {
 	if s.Addr("admin") != "" {
 		t.Fatal("admin listener left open after a failed start")
 	}
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -81,7 +81,8 @@ type Manager struct {
 	// which starts before m.magic is set.
 	magicForCache atomic.Pointer[certmagic.Config]
 
-	state atomic.Pointer[state]
+	state     atomic.Pointer[state]
+	eventHook atomic.Pointer[func(event string)] // set by OnEvent
 
 	mu       sync.Mutex  // serializes Update and Stop
 	stopped  atomic.Bool // read by handshakes without mu
@@ -451,7 +452,15 @@ func (m *Manager) decide(ctx context.Context, name string) error {
 
 // onEvent receives certmagic's events; it must return quickly. Failures
 // need no event: certmagic logs them, with its retry schedule.
+// OnEvent makes fn hear the name of every certificate event certmagic
+// reports ("cert_obtaining", "cert_obtained", "cert_failed",
+// "cached_managed_cert", ...), for metrics. fn must not block.
+func (m *Manager) OnEvent(fn func(event string)) { m.eventHook.Store(&fn) }
+
 func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) error {
+	if fn := m.eventHook.Load(); fn != nil {
+		(*fn)(event)
+	}
 	switch event {
 	case "cert_obtained":
 		m.logger.Info("certificate obtained",
