@@ -30,7 +30,13 @@ func TestReadmeConfigsValidate(t *testing.T) {
 			block = "listen: {http: \"127.0.0.1:0\"}\n" + block
 		}
 		if _, err := config.Parse("README.md", []byte(block)); err != nil {
-			t.Errorf("README yaml block %d does not validate:\n%s\n%v", i, block, err)
+			// Certificate files named in an example do not exist here;
+			// every other problem is a mistake in the README.
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.HasSuffix(line, ": no such file") {
+					t.Errorf("README yaml block %d does not validate:\n%s\n%s", i, block, line)
+				}
+			}
 		}
 	}
 	if blocks < 4 {
