@@ -236,6 +236,16 @@ func (h *Handler) forward(x *exchange, r *http.Request) {
 		plainError(&x.rec, http.StatusRequestEntityTooLarge, "request body too large")
 		return
 	}
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		// Go's parser rejects ambiguous framing (several Content-Lengths,
+		// unknown codings) and reads a request with both Content-Length
+		// and chunked by the chunking, as RFC 9112 6.3 says; the body is
+		// framed anew upstream, so the two cannot disagree. Closing the
+		// client connection after a chunked request (as 6.1 asks when both
+		// were sent, which Go no longer lets us see) leaves nothing for a
+		// smuggled request to ride on.
+		x.rec.Header().Set("Connection", "close")
+	}
 	if r.Body != nil && r.Body != http.NoBody {
 		x.body = countingBody{rc: r.Body, max: cfg.MaxBody}
 		r.Body = &x.body

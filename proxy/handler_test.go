@@ -770,3 +770,62 @@ func TestClientAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestSmuggling sends requests with ambiguous framing straight to the
+// socket: the conflicting ones are refused, and a request carrying both
+// Content-Length and chunked is read by its chunking, reaches the upstream
+// framed anew, and the connection is closed after it, so a request hidden
+// behind it never reaches the upstream.
+func TestSmuggling(t *testing.T) {
+	var mu sync.Mutex
+	var paths []string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		paths = append(paths, r.URL.Path+" "+string(b))
+		mu.Unlock()
+	}))
+	t.Cleanup(up.Close)
+	p := startProxy(t, &config.Config{Routes: []config.Route{route("/", up.URL)}})
+	tests := []struct {
+		name, req string
+		status    int
+	}{
+		{"CL and TE", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", 200},
+		{"two lengths", "POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde", 400},
+		{"unknown coding", "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 501},
+		{"two codings", "POST /d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 501},
+		{"space before colon", "POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400},
+		{"signed length", "POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd", 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", p.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(conn, tt.req)
+			br := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.status)
+			}
+			// Nothing more on this connection: it is closed.
+			if _, err := http.ReadResponse(br, nil); err == nil {
+				t.Fatal("a second response came on the same connection")
+			}
+		})
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(paths) != 1 || paths[0] != "/a abc" {
+		t.Fatalf("upstream saw %q, want only [\"/a abc\"]", paths)
+	}
+}
