@@ -407,6 +407,10 @@ func (s *Session) sourceDone(d *dir, err error) {
 		if !errors.Is(err, io.EOF) {
 			e = fmt.Errorf("reading from %s: %w", p.side, err)
 		}
+		if s.closedBy == p.side.String() && s.cause == causeNone {
+			// p claimed the close with a close frame it never finished.
+			s.closedBy = ""
+		}
 		s.setEndLocked(p.side.String(), goneCause(p.side), e)
 		h.from, h.to = true, true
 	}
