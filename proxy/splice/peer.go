@@ -39,10 +39,9 @@ type peer struct {
 	side side
 
 	wmu      sync.Mutex
-	midFrame bool                                   // guarded by wmu: the stream is inside a frame
-	closed   bool                                   // guarded by wmu: a close frame was written, or a write failed
-	wdl      time.Time                              // guarded by wmu: write deadline last set
-	scratch  [ws.MaxHeaderSize + 2 + maxReason]byte // guarded by wmu: injected frames
+	midFrame bool  // guarded by wmu: the stream is inside a frame
+	closed   bool  // guarded by wmu: a close frame was written, or a write failed
+	wdl      int64 // guarded by wmu: write deadline last set, in nanoseconds since Run began
 
 	closeSent  atomic.Bool   // a close frame was written, forwarded or the proxy's
 	proxyClose atomic.Bool   // the proxy's own close frame was written: the next close from this peer answers it
@@ -174,10 +173,11 @@ func (s *Session) flushPendingLocked(p *peer, now time.Time) (closedNow bool, er
 	return false, nil
 }
 
-// frame builds a control frame for p in p.scratch: masked toward the backend,
-// where the proxy is the client, unmasked toward the client.
+// frame builds a control frame for p: masked toward the backend, where the
+// proxy is the client, unmasked toward the client. (It allocates: a buffer
+// kept per peer would cost every idle session, for a frame sent rarely.)
 func (p *peer) frame(op ws.OpCode, payload []byte) []byte {
-	b := p.scratch[:0]
+	b := make([]byte, 0, ws.MaxHeaderSize+len(payload))
 	b = append(b, 0x80|byte(op), byte(len(payload)))
 	if p.side == sideClient {
 		return append(b, payload...)
@@ -197,12 +197,12 @@ func (p *peer) frame(op ws.OpCode, payload []byte) []byte {
 // pay for a deadline change per write.
 func (s *Session) writeLocked(p *peer, b []byte, now time.Time) error {
 	wt := s.opt.WriteTimeout
-	switch {
+	switch at := int64(now.Sub(s.start)); {
 	case s.hurry.Load():
 		p.conn.SetWriteDeadline(now.Add(hurryWriteTimeout))
-	case p.wdl.Sub(now) < wt-wt/8:
-		p.wdl = now.Add(wt)
-		p.conn.SetWriteDeadline(p.wdl)
+	case p.wdl-at < int64(wt-wt/8):
+		p.wdl = at + int64(wt)
+		p.conn.SetWriteDeadline(now.Add(wt))
 	}
 	_, err := p.conn.Write(b)
 	if err != nil {

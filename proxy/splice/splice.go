@@ -182,8 +182,8 @@ type Session struct {
 	pingSent   atomic.Uint32 // sequence number of the last ping written
 	pongGot    atomic.Uint32 // sequence number of the last ping answered
 
-	ctx    context.Context // canceled at teardown; limiter waits use it
-	cancel context.CancelFunc
+	ctx    context.Context    // limiter waits use it; with lim only
+	cancel context.CancelFunc // ends ctx at teardown; with lim only
 
 	mu          sync.Mutex
 	running     bool // guarded by mu
@@ -255,7 +255,9 @@ func (s *Session) Run(ctx context.Context) Stats {
 	}
 	s.running = true
 	s.start = time.Now()
-	s.ctx, s.cancel = context.WithCancel(ctx)
+	if s.lim != nil {
+		s.ctx, s.cancel = context.WithCancel(ctx)
+	}
 	if ctx.Done() != nil {
 		s.wg.Add(1)
 		s.stopCtx = context.AfterFunc(ctx, s.onCancel)
@@ -636,7 +638,9 @@ func (s *Session) teardown() {
 	}
 	close(s.tornc)
 	s.mu.Unlock()
-	s.cancel()
+	if s.cancel != nil {
+		s.cancel()
+	}
 	s.client.close()
 	s.backend.close()
 }
