@@ -153,7 +153,7 @@ func (s *Session) header(d *dir, c *cursor) {
 			d.msgSize = 0
 		}
 		d.msgOpen = !h.Fin
-		if d.src.side == sideClient && !s.closing.Load() && !s.admit(d, c, hs, inHold, start) {
+		if d.src.side == sideClient && !s.admit(d, c, hs, inHold, start) {
 			return
 		}
 	} else {
@@ -296,7 +296,8 @@ func (s *Session) admit(d *dir, c *cursor, hs int, inHold, start bool) bool {
 		}
 		d.msgSize += h.Length
 	}
-	if s.lim == nil {
+	if s.lim == nil || s.closing.Load() {
+		// While the close handshake runs, a wait would only hold it up.
 		return true
 	}
 	// A frame that fits the byte burst is charged whole, here, so that a
