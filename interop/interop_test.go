@@ -1,11 +1,13 @@
 package interop
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	sluicetls "github.com/sluice-proxy/sluice/tls"
 )
@@ -170,6 +172,47 @@ timeouts: {shutdown: 2s}
 			}
 			t.Run(client+"/"+sc.title, func(t *testing.T) {
 				exchange(t, sl, base, sc, client, servers["node"], "INTEROP_CA="+root)
+			})
+		}
+	}
+}
+
+// TestWebSocketInteropShutdown shuts sluice down under an open session, a
+// few times per pair of implementations: both ends get close 1001, and the
+// session's access-log line is there once Shutdown has returned (the access
+// log is closed then: a line written later is lost).
+func TestWebSocketInteropShutdown(t *testing.T) {
+	requirePeers(t)
+	const rounds = 3
+	servers := map[string]*peerServer{}
+	for _, kind := range kinds {
+		servers[kind] = startPeerServer(t, kind)
+	}
+	sc := scenario{name: "wait", clientSees: 1001, serverSees: 1001, closedBy: "proxy", cause: "shutdown"}.withDefaults()
+	for _, client := range kinds {
+		for _, srvKind := range kinds {
+			t.Run(client+"->"+srvKind, func(t *testing.T) {
+				for round := range rounds {
+					sl := startSluice(t, plainYAML(servers))
+					id := fmt.Sprintf("%s-%d", strings.NewReplacer("/", "-", ">", "").Replace(t.Name()), round)
+					url := fmt.Sprintf("ws://%s/%s/%s/%s", sl.srv.Addr("http"), srvKind, sc.name, id)
+					c := startClient(t, client, sc.name, url)
+					c.waitOpen(t)
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					err := sl.shutdown(ctx)
+					cancel()
+					if err != nil {
+						t.Errorf("round %d: shutdown: %v", round, err)
+					}
+					rec, ok := sl.findAccess(t, id)
+					cr := c.result(t)
+					se := servers[srvKind].waitEvent(t, id)
+					if !ok {
+						t.Errorf("round %d: session %q has no access-log line once Shutdown has returned; the log:\n%s", round, id, sl.access)
+						continue
+					}
+					checkExchange(t, sc, client, srvKind, cr, se, rec)
+				}
 			})
 		}
 	}
