@@ -274,8 +274,7 @@ func (h *Handler) logRequest(x *exchange, r *http.Request) {
 		return
 	}
 	if x.websocket {
-		h.logSession(access, x, r)
-		return
+		return // the session logged itself when it ended
 	}
 	attrs := make([]slog.Attr, 0, 12)
 	attrs = append(attrs,

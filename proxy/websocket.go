@@ -314,12 +314,17 @@ func (h *Handler) splice(x *exchange, r *http.Request, backend net.Conn, br *buf
 	name := x.route.cfg.Name
 	h.metrics.SessionStarted(name)
 	x.stats = sess.Run(context.WithoutCancel(r.Context()))
-	h.sessions.remove(sess)
 	st := &x.stats
 	h.metrics.SessionEnded(name, metrics.Session{
 		FramesIn: st.FramesIn, FramesOut: st.FramesOut, BytesIn: st.BytesIn, BytesOut: st.BytesOut,
 		Reason: st.Reason, LimitHits: st.LimitHits,
 	})
+	// Log before deregistering: shutdown waits for the registry to empty
+	// and then closes the access log.
+	if access := h.access.Load(); access != nil {
+		h.logSession(access, x, r)
+	}
+	h.sessions.remove(sess)
 }
 
 // extensionNamed reports whether a Sec-WebSocket-Extensions header
