@@ -295,15 +295,26 @@ proxy_pids() {
 	esac
 }
 
-# cpu_ticks TARGET: utime+stime of TARGET's processes, in clock ticks.
+# cpu_ticks TARGET: "user system" CPU time of TARGET's processes, in clock
+# ticks.
 cpu_ticks() {
-	local total=0 pid t
+	local user=0 sys=0 pid u s
 	for pid in $(proxy_pids "$1"); do
 		# Fields after "(comm) ": state is $1, so utime (14) is $12, stime $13.
-		t=$(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
-		total=$((total + t))
+		read -r u s < <(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12, $13}')
+		user=$((user + u)) sys=$((sys + s))
 	done
-	echo "$total"
+	echo "$user $sys"
+}
+
+# record_cpu TARGET METRIC BEFORE AFTER COUNT: CPU microseconds per unit,
+# in total (METRIC) and in user space only (METRIC_user).
+record_cpu() {
+	local u0 s0 u1 s1
+	read -r u0 s0 <<<"$3"
+	read -r u1 s1 <<<"$4"
+	record "$1" "$2" "$(per_unit $((u1 + s1 - u0 - s0)) "$5")"
+	record "$1" "$2_user" "$(per_unit $((u1 - u0)) "$5")"
 }
 
 # rss_kib TARGET: VmRSS summed over TARGET's processes, in KiB.
@@ -366,7 +377,7 @@ test_get() {
 	record "$t" get_rps "$rps"
 	record "$t" get_p99_ms "$p99"
 	record "$t" errors "$errs"
-	[[ $t != direct ]] && record "$t" get_cpu_us "$(per_unit $((c1 - c0)) "$req")"
+	[[ $t != direct ]] && record_cpu "$t" get_cpu_us "$c0" "$c1" "$req"
 	return 0
 }
 
@@ -396,7 +407,7 @@ test_echo() {
 	line=$(grep '^mode=echo' "$out")
 	record "$t" echo_mps "$(kv msg_per_s <<<"$line")"
 	record "$t" echo_p99_ms "$(awk -v u="$(kv p99_us <<<"$line")" 'BEGIN { printf "%.3f", u / 1000 }')"
-	[[ $t != direct ]] && record "$t" echo_cpu_us "$(per_unit $((c1 - c0)) "$(kv msgs <<<"$line")")"
+	[[ $t != direct ]] && record_cpu "$t" echo_cpu_us "$c0" "$c1" "$(kv msgs <<<"$line")"
 	return 0
 }
 
@@ -607,10 +618,12 @@ METRICS=(
 	"get_rps|GET 13 B, $CONNS conns: req/s (higher is better)"
 	"get_p99_ms|GET 13 B: p99 latency, ms (lower)"
 	"get_cpu_us|GET 13 B: proxy CPU per request, us (lower)"
+	"get_cpu_us_user|  of which user space, us (lower)"
 	"big_mbps|GET 1 MiB, $BIG_CONNS conns: MB/s (higher)"
 	"echo_mps|WS echo $WS_CONNS x 64 B: msg/s (higher)"
 	"echo_p99_ms|WS echo 64 B: p99 RTT, ms (lower)"
 	"echo_cpu_us|WS echo 64 B: proxy CPU per msg, us (lower)"
+	"echo_cpu_us_user|  of which user space, us (lower)"
 	"bulk_mbps|WS echo $BULK_CONNS x 64 KiB: MB/s (higher)"
 	"hs_per_s|WS handshake+close/s, $HS_WORKERS workers (higher)"
 	"hangup_per_s|WS handshake+hang-up/s (higher)"
