@@ -92,28 +92,37 @@ func parseConfigFlag(name string, args []string, stderr io.Writer) (path string,
 	return path, exitOK, true
 }
 
-func cmdValidate(args []string, stdout, stderr io.Writer) int {
-	path, code, ok := parseConfigFlag("validate", args, stderr)
+// loadFromFlags parses -config and loads the file, printing what is wrong
+// with either. A nil config comes with the exit code to return.
+func loadFromFlags(name string, args []string, stderr io.Writer) (cfg *config.Config, path string, code int) {
+	path, code, ok := parseConfigFlag(name, args, stderr)
 	if !ok {
-		return code
+		return nil, path, code
 	}
 	cfg, err := config.Load(path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return exitFailure
+		return nil, path, exitFailure
+	}
+	return cfg, path, exitOK
+}
+
+func cmdValidate(args []string, stdout, stderr io.Writer) int {
+	cfg, path, code := loadFromFlags("validate", args, stderr)
+	if cfg == nil {
+		return code
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d routes, tls %s)\n", path, len(cfg.Routes), cfg.TLS.Mode)
 	return exitOK
 }
 
 func cmdTrust(args []string, stdout, stderr io.Writer) int {
-	path, code, ok := parseConfigFlag("trust", args, stderr)
-	if !ok {
+	cfg, _, code := loadFromFlags("trust", args, stderr)
+	if cfg == nil {
 		return code
 	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
+	if cfg.TLS.Mode != config.TLSInternal {
+		fmt.Fprintf(stderr, "sluice trust: tls.mode is %s; only the internal CA (tls.mode: internal) has a root to trust\n", cfg.TLS.Mode)
 		return exitFailure
 	}
 	return trustStorage(cfg.TLS.Storage, stdout, stderr)
@@ -130,17 +139,12 @@ func trustStorage(storage string, stdout, stderr io.Writer) int {
 }
 
 func cmdRun(args []string, stdout, stderr io.Writer) int {
-	path, code, ok := parseConfigFlag("run", args, stderr)
-	if !ok {
+	cfg, path, code := loadFromFlags("run", args, stderr)
+	if cfg == nil {
 		return code
 	}
 	level := new(slog.LevelVar)
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	cfg, err := config.Load(path)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return exitFailure
-	}
 	srv, err := server.New(cfg, server.Options{Logger: logger, Level: level, Stdout: stdout, Stderr: stderr})
 	if err != nil {
 		logger.Error("cannot start", "err", err)

@@ -61,6 +61,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"validate", "-config", typo}, 1, "", "typo.yaml:4:5: routes[0]: unknown field \"upstream\""},
 		{[]string{"validate", "-config", filepath.Join(dir, "missing.yaml")}, 1, "", "missing.yaml"},
 		{[]string{"run", "-config", typo}, 1, "", "typo.yaml:4:5"},
+		{[]string{"trust", "-config", good}, 1, "", "only the internal CA"},
 		{[]string{"validate", "-nosuchflag"}, 2, "", "flag provided but not defined"},
 		{[]string{"validate", "extra"}, 2, "", "unexpected argument"},
 		{[]string{"frobnicate"}, 2, "", "unknown command"},
