@@ -651,9 +651,13 @@ METRICS=(
 	echo "sl/ngx = sluice / nginx, dir/ngx = direct / nginx (direct runs backend and load generator on one CPU);"
 	echo "spread = (max - min) / median over the rounds, nginx/sluice. Idle RSS before the sessions: nginx $(fmt "$(median idle_rss0_mib nginx)") MiB, sluice $(fmt "$(median idle_rss0_mib sluice)") MiB."
 	errs=$(awk -F'\t' '$3 == "errors" && $4 > 0 {print $2 " round " $1 ": " $4}' "$RESULTS" | sort -u | paste -sd';' -)
-	[[ -n $errs ]] && echo "ERRORS during the run (see the raw outputs): $errs"
+	if [[ -n $errs ]]; then
+		echo "ERRORS during the run (KEEP_WORK=1 keeps the raw outputs): $errs"
+	fi
 	warn=$(grep -c 'buffered to a temporary file' "$NGINX_PREFIX/logs/error.log" 2>/dev/null || true)
-	[[ ${warn:-0} -gt 0 ]] && echo "note: nginx buffered $warn upstream responses to temporary files (proxy_buffering defaults)"
+	if [[ ${warn:-0} -gt 0 ]]; then
+		echo "note: nginx buffered $warn upstream responses to temporary files (proxy_buffering defaults)"
+	fi
 } | tee "$WORK/table.txt"
 mkdir -p "$REPO/bench/out"
 cp "$WORK/table.txt" "$REPO/bench/out/table.txt"
