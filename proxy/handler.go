@@ -264,8 +264,7 @@ type exchange struct {
 	body   countingBody
 	info   requestInfo
 
-	websocket bool         // the request became a WebSocket session
-	stats     splice.Stats // of that session
+	websocket bool // the request became a WebSocket session, which logs itself
 }
 
 func (h *Handler) logRequest(x *exchange, r *http.Request) {
@@ -307,17 +306,16 @@ func (h *Handler) logRequest(x *exchange, r *http.Request) {
 }
 
 // logSession writes the access record of a WebSocket session when it ends.
-func (h *Handler) logSession(access *slog.Logger, x *exchange, r *http.Request) {
-	st := &x.stats
+func (h *Handler) logSession(access *slog.Logger, rec *sessionRecord, st *splice.Stats) {
 	attrs := make([]slog.Attr, 0, 20)
 	attrs = append(attrs,
-		slog.String("client", x.clientString(r)),
-		slog.String("method", r.Method),
-		slog.String("host", r.Host),
-		slog.String("path", r.URL.Path),
+		slog.String("client", rec.ip),
+		slog.String("method", rec.method),
+		slog.String("host", rec.host),
+		slog.String("path", rec.path),
 		slog.Int("status", http.StatusSwitchingProtocols),
-		slog.String("route", x.route.cfg.Name),
-		slog.String("upstream", x.info.upstream.key),
+		slog.String("route", rec.route.cfg.Name),
+		slog.String("upstream", rec.upstream),
 		slog.Float64("duration_ms", float64(st.Duration.Microseconds())/1000),
 		slog.Int64("frames_in", st.FramesIn),
 		slog.Int64("frames_out", st.FramesOut),
@@ -334,7 +332,7 @@ func (h *Handler) logSession(access *slog.Logger, x *exchange, r *http.Request) 
 	if st.Err != nil {
 		attrs = append(attrs, slog.String("error", st.Err.Error()))
 	}
-	access.LogAttrs(r.Context(), slog.LevelInfo, "websocket", attrs...)
+	access.LogAttrs(context.Background(), slog.LevelInfo, "websocket", attrs...)
 }
 
 func (x *exchange) clientString(r *http.Request) string {

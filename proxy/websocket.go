@@ -104,7 +104,12 @@ func (h *Handler) serveWebSocket(x *exchange, r *http.Request) {
 		plainError(&x.rec, http.StatusServiceUnavailable, "too many websocket connections")
 		return
 	}
-	defer x.route.ws.release(ip)
+	handedOff := false // once the session runs, it releases the slot
+	defer func() {
+		if !handedOff {
+			x.route.ws.release(ip)
+		}
+	}()
 
 	r = r.WithContext(withInfo(r.Context(), &x.info))
 	backend, br, resp, err := h.dialWebSocket(x, r)
@@ -130,7 +135,7 @@ func (h *Handler) serveWebSocket(x *exchange, r *http.Request) {
 		plainError(&x.rec, http.StatusBadGateway, "upstream switched to something other than websocket")
 		return
 	}
-	h.splice(x, r, backend, br, resp)
+	handedOff = h.splice(x, r, ip, backend, br, resp)
 }
 
 // dialWebSocket connects to an upstream and sends it the upgrade request,
@@ -268,14 +273,17 @@ func relayResponse(w http.ResponseWriter, resp *http.Response) {
 }
 
 // splice takes over the client connection after the upstream's 101, relays
-// that 101 and runs the frame splice until the session ends.
-func (h *Handler) splice(x *exchange, r *http.Request, backend net.Conn, br *bufio.Reader, resp *http.Response) {
+// that 101 and starts the frame splice on a goroutine of its own, so that
+// the request's goroutine returns and net/http lets go of the connection's
+// buffers: an idle session then holds no more than its splice. It reports
+// whether the session started (and so owns the connection slot of ip).
+func (h *Handler) splice(x *exchange, r *http.Request, ip string, backend net.Conn, br *bufio.Reader, resp *http.Response) bool {
 	client, brw, err := http.NewResponseController(&x.rec).Hijack()
 	if err != nil {
 		backend.Close()
 		x.info.err, x.info.reason = err, "hijack_failed"
 		plainError(&x.rec, http.StatusInternalServerError, "cannot take over the connection")
-		return
+		return false
 	}
 	x.rec.status = http.StatusSwitchingProtocols
 	x.websocket = true
@@ -290,7 +298,8 @@ func (h *Handler) splice(x *exchange, r *http.Request, backend net.Conn, br *buf
 		client.Close()
 		backend.Close()
 		x.info.err, x.info.reason = err, "client_gone"
-		return
+		x.websocket = false // no session: log the request
+		return false
 	}
 	client.SetWriteDeadline(time.Time{})
 
@@ -308,21 +317,40 @@ func (h *Handler) splice(x *exchange, r *http.Request, backend net.Conn, br *buf
 		PingInterval:      ws.PingInterval,
 		AllowRSV1:         extensionNamed(resp.Header, "permessage-deflate"),
 	})
+	// Keep only what the session's log line needs, not the request.
+	rec := &sessionRecord{
+		route: x.route, ip: ip, upstream: x.info.upstream.key,
+		method: r.Method, host: r.Host, path: r.URL.Path,
+	}
 	if !h.sessions.add(sess) {
 		sess.Shutdown() // shutting down already: say 1001 at once
 	}
-	name := x.route.cfg.Name
-	h.metrics.SessionStarted(name)
-	x.stats = sess.Run(context.WithoutCancel(r.Context()))
-	st := &x.stats
-	h.metrics.SessionEnded(name, metrics.Session{
+	h.metrics.SessionStarted(x.route.cfg.Name)
+	go h.runSession(sess, rec)
+	return true
+}
+
+// sessionRecord is what a running session keeps of its request.
+type sessionRecord struct {
+	route              *Route
+	ip                 string // client address, for the slot and the log
+	upstream           string
+	method, host, path string
+}
+
+// runSession splices until the session ends, then accounts for it. The
+// session registry owns this goroutine: CloseSessions ends it and waits.
+func (h *Handler) runSession(sess *splice.Session, rec *sessionRecord) {
+	st := sess.Run(context.Background())
+	rec.route.ws.release(rec.ip)
+	h.metrics.SessionEnded(rec.route.cfg.Name, metrics.Session{
 		FramesIn: st.FramesIn, FramesOut: st.FramesOut, BytesIn: st.BytesIn, BytesOut: st.BytesOut,
 		Reason: st.Reason, LimitHits: st.LimitHits,
 	})
 	// Log before deregistering: shutdown waits for the registry to empty
 	// and then closes the access log.
 	if access := h.access.Load(); access != nil {
-		h.logSession(access, x, r)
+		h.logSession(access, rec, &st)
 	}
 	h.sessions.remove(sess)
 }
