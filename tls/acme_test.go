@@ -1,19 +1,14 @@
 package tls
 
 import (
-	"bytes"
 	"context"
 	cryptotls "crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,25 +16,8 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/internal/pebbletest"
 )
-
-// syncBuffer collects a child process's output.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // counter counts events by name.
 type counter struct {
@@ -72,63 +50,18 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// pebbleBinaries finds Debian's pebble package or skips the test; with
-// CI=true a missing pebble fails it instead.
-func pebbleBinaries(t *testing.T) (pebble, challtestsrv string) {
-	t.Helper()
-	pebble, err1 := exec.LookPath("pebble")
-	challtestsrv, err2 := exec.LookPath("pebble-challtestsrv")
-	if err1 != nil || err2 != nil {
-		msg := "pebble and pebble-challtestsrv not in PATH (Debian: apt-get install pebble); ACME integration test not run"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return pebble, challtestsrv
-}
-
-// startProcess runs a helper process until the test ends, its output in out.
-func startProcess(t *testing.T, out *syncBuffer, env []string, name string, args ...string) {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = out, out
-	killWithParent(cmd)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("%s output:\n%s", filepath.Base(name), out.String())
-		}
-	})
-}
-
 // TestACMEWithPebble obtains certificates from a real ACME server, Pebble,
 // with challenge validation on: one by HTTP-01, one by TLS-ALPN-01.
 // pebble-challtestsrv is only its DNS server, resolving every name to
 // 127.0.0.1, where the test serves the Manager's HTTPHandler on Pebble's
 // httpPort and its TLSConfig on Pebble's tlsPort.
 func TestACMEWithPebble(t *testing.T) {
-	pebbleBin, challBin := pebbleBinaries(t)
 	// Certmagic's jobs end shortly after Stop, and may still release a
 	// lock in storage: remove the directory only after they are gone.
 	dir := t.TempDir()
 	checkGoroutines(t)
 	start := time.Now()
 	deadline := start.Add(50 * time.Second)
-
-	// Pebble's own HTTPS identity, signed by a CA the Manager is told to
-	// trust through tls.ca_root (the package ships no test certificates).
-	pebbleCA := newTestCA(t, "pebble listener CA")
-	pebbleCert, pebbleKey, _ := pebbleCA.writePair(t, dir, "pebble", "localhost", "127.0.0.1")
-	caRoot := filepath.Join(dir, "pebble-listener-ca.pem")
-	if err := os.WriteFile(caRoot, pebbleCA.pem, 0o644); err != nil {
-		t.Fatal(err)
-	}
 
 	// The listeners the challenges come to, bound before the Managers.
 	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -139,74 +72,8 @@ func TestACMEWithPebble(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	httpPort := httpLn.Addr().(*net.TCPAddr).Port
-	tlsPort := tlsLn.Addr().(*net.TCPAddr).Port
-
-	acmePort, mgmtPort, dnsPort, challMgmtPort := freePort(t), freePort(t), freePort(t), freePort(t)
-	pebbleConfig := map[string]any{"pebble": map[string]any{
-		"listenAddress":                  fmt.Sprintf("127.0.0.1:%d", acmePort),
-		"managementListenAddress":        fmt.Sprintf("127.0.0.1:%d", mgmtPort),
-		"certificate":                    pebbleCert,
-		"privateKey":                     pebbleKey,
-		"httpPort":                       httpPort,
-		"tlsPort":                        tlsPort,
-		"ocspResponderURL":               "",
-		"externalAccountBindingRequired": false,
-	}}
-	cfgJSON, err := json.Marshal(pebbleConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pebbleCfgPath := filepath.Join(dir, "pebble-config.json")
-	if err := os.WriteFile(pebbleCfgPath, cfgJSON, 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	var challLog, pebbleLog syncBuffer
-	dnsAddr := fmt.Sprintf("127.0.0.1:%d", dnsPort)
-	startProcess(t, &challLog, nil, challBin,
-		"-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-		"-dns01", dnsAddr, "-http01", "", "-https01", "", "-tlsalpn01", "",
-		"-management", fmt.Sprintf("127.0.0.1:%d", challMgmtPort))
-	startProcess(t, &pebbleLog, []string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"},
-		pebbleBin, "-config", pebbleCfgPath, "-dnsserver", dnsAddr)
-
-	// Wait for Pebble's directory, then take its issuing root.
-	pebbleClient := &http.Client{
-		Transport: &http.Transport{TLSClientConfig: &cryptotls.Config{RootCAs: pebbleCA.pool()}},
-		Timeout:   5 * time.Second,
-	}
-	t.Cleanup(pebbleClient.CloseIdleConnections)
-	directory := fmt.Sprintf("https://127.0.0.1:%d/dir", acmePort)
-	fetch := func(url string) ([]byte, error) {
-		resp, err := pebbleClient.Get(url)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("%s: %s", url, resp.Status)
-		}
-		return io.ReadAll(resp.Body)
-	}
-	for {
-		_, err := fetch(directory)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pebble did not come up: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	rootPEM, err := fetch(fmt.Sprintf("https://127.0.0.1:%d/roots/0", mgmtPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pebbleRoots := x509.NewCertPool()
-	if !pebbleRoots.AppendCertsFromPEM(rootPEM) {
-		t.Fatalf("pebble /roots/0 returned no certificate: %q", rootPEM)
-	}
+	pebble := pebbletest.Start(t, httpLn.Addr().(*net.TCPAddr).Port, tlsLn.Addr().(*net.TCPAddr).Port)
+	directory, caRoot, pebbleRoots := pebble.Directory, pebble.CARoot, pebble.Roots
 
 	// Serve the listeners; the Manager behind them changes between phases.
 	var current struct {
@@ -364,12 +231,12 @@ func TestACMEWithPebble(t *testing.T) {
 	if n := len(rec.matching("tls handshake for unknown server name refused", "server_name", "evil.example")); n != 1 {
 		t.Errorf("evil.example refusal logged %d times; want 1", n)
 	}
-	pl := pebbleLog.String()
+	pl := pebble.Log()
 	if orders := strings.Count(pl, "POST /order-plz"); orders != 3 {
 		t.Errorf("pebble received %d new orders; want 3 (http01.example, alpn.example, late.wild.example)", orders)
 	}
 	for _, name := range []string{"evil.example", "a.wild.example", `"*.wild.example"`} {
-		if strings.Contains(pl, name) || strings.Contains(challLog.String(), name) {
+		if strings.Contains(pl, name) {
 			t.Errorf("pebble or its DNS server saw %s", name)
 		}
 	}
