@@ -829,3 +829,16 @@ func TestSmuggling(t *testing.T) {
 		t.Fatalf("upstream saw %q, want only [\"/a abc\"]", paths)
 	}
 }
+
+// TestRetryTakesTheNextUpstreamsPath checks that a request retried on
+// another upstream gets that upstream's base path, for REST and WebSocket.
+func TestRetryTakesTheNextUpstreamsPath(t *testing.T) {
+	a := echoUpstream(t, "a")
+	r := route("/", "http://"+freeAddr(t)+"/old", a.URL+"/new")
+	p := startProxy(t, &config.Config{Routes: []config.Route{r}})
+	// Round robin starts at the first upstream, which is dead.
+	resp, s := getSeen(t, mustReq("GET", p.URL+"/x?q=1", nil))
+	if resp.StatusCode != 200 || s.Path != "/new/x" || s.RawQuery != "q=1" {
+		t.Fatalf("retried request: %d to %s?%s, want 200 to /new/x?q=1", resp.StatusCode, s.Path, s.RawQuery)
+	}
+}

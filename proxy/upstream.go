@@ -90,13 +90,7 @@ func (b *balancer) RoundTrip(req *http.Request) (*http.Response, error) {
 	// The first attempt never reached the upstream, so a bodiless idempotent
 	// request can go to another one unchanged but for its URL.
 	retry := req.Clone(req.Context())
-	retry.URL.Scheme = next.url.Scheme
-	retry.URL.Host = next.url.Host
-	if prev := info.upstream.url.Path; prev != next.url.Path {
-		// Rewrite joined the first upstream's base path; swap it for this one's.
-		retry.URL.Path = singleJoin(next.url.Path, strings.TrimPrefix(retry.URL.Path, strings.TrimSuffix(prev, "/")))
-		retry.URL.RawPath = ""
-	}
+	retarget(retry.URL, info.upstream, next)
 	info.upstream = next
 	info.retried = true
 	resp, err = b.transport.RoundTrip(retry)
@@ -200,6 +194,16 @@ func withInfo(ctx context.Context, info *requestInfo) context.Context {
 func infoFrom(ctx context.Context) *requestInfo {
 	info, _ := ctx.Value(infoKey{}).(*requestInfo)
 	return info
+}
+
+// retarget points u, an upstream request's URL made for from, at to: its
+// scheme and host, and its base path in place of from's.
+func retarget(u *url.URL, from, to *upstream) {
+	u.Scheme, u.Host = to.url.Scheme, to.url.Host
+	if prev := from.url.Path; prev != to.url.Path {
+		u.Path = singleJoin(to.url.Path, strings.TrimPrefix(u.Path, strings.TrimSuffix(prev, "/")))
+		u.RawPath = ""
+	}
 }
 
 // singleJoin joins two URL paths with exactly one slash between them.

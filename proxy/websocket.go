@@ -156,8 +156,8 @@ func (h *Handler) dialWebSocket(x *exchange, r *http.Request) (net.Conn, *bufio.
 	if err != nil && isDialError(err) {
 		info.upstream.markDown(now())
 		if next := x.route.bal.pick(now(), info.upstream); next != info.upstream {
+			retarget(out.URL, info.upstream, next)
 			info.upstream, info.retried = next, true
-			out.URL.Scheme, out.URL.Host = next.url.Scheme, next.url.Host
 			if cfg.HostHeader == config.HostUpstream {
 				out.Host = next.url.Host
 			}
