@@ -831,7 +831,8 @@ func TestSmuggling(t *testing.T) {
 }
 
 // TestRetryTakesTheNextUpstreamsPath checks that a request retried on
-// another upstream gets that upstream's base path, for REST and WebSocket.
+// another upstream gets that upstream's base path (WebSocket dials retry
+// through the same retarget).
 func TestRetryTakesTheNextUpstreamsPath(t *testing.T) {
 	a := echoUpstream(t, "a")
 	r := route("/", "http://"+freeAddr(t)+"/old", a.URL+"/new")
