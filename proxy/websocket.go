@@ -278,6 +278,20 @@ func relayResponse(w http.ResponseWriter, resp *http.Response) {
 // buffers: an idle session then holds no more than its splice. It reports
 // whether the session started (and so owns the connection slot of ip).
 func (h *Handler) splice(x *exchange, r *http.Request, ip string, backend net.Conn, br *bufio.Reader, resp *http.Response) bool {
+	// Register before the client can see the 101, so that a shutdown from
+	// then on waits for this session (and its log line).
+	if !h.sessions.reserve() {
+		backend.Close()
+		x.info.reason = "shutting_down"
+		plainError(&x.rec, http.StatusServiceUnavailable, "shutting down")
+		return false
+	}
+	started := false
+	defer func() {
+		if !started {
+			h.sessions.unreserve()
+		}
+	}()
 	client, brw, err := http.NewResponseController(&x.rec).Hijack()
 	if err != nil {
 		backend.Close()
@@ -322,10 +336,9 @@ func (h *Handler) splice(x *exchange, r *http.Request, ip string, backend net.Co
 		route: x.route, ip: ip, upstream: x.info.upstream.key,
 		method: r.Method, host: r.Host, path: r.URL.Path,
 	}
-	if !h.sessions.add(sess) {
-		sess.Shutdown() // shutting down already: say 1001 at once
-	}
+	h.sessions.attach(sess)
 	h.metrics.SessionStarted(x.route.cfg.Name)
+	started = true
 	go h.runSession(sess, rec)
 	return true
 }
@@ -388,16 +401,33 @@ type sessions struct {
 	wg      sync.WaitGroup
 }
 
-// add registers s, or reports false when shutdown has begun.
-func (ss *sessions) add(s *splice.Session) bool {
+// reserve counts a session about to start, so that shutdown waits for it,
+// or reports false when shutdown has begun.
+func (ss *sessions) reserve() bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	if ss.closing {
+		return false
+	}
 	ss.wg.Add(1)
+	return true
+}
+
+// unreserve gives back a reservation that did not become a session.
+func (ss *sessions) unreserve() { ss.wg.Done() }
+
+// attach records the reserved session s; if shutdown began since the
+// reservation, s is told at once.
+func (ss *sessions) attach(s *splice.Session) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
 	if ss.m == nil {
 		ss.m = make(map[*splice.Session]struct{})
 	}
 	ss.m[s] = struct{}{}
-	return !ss.closing
+	if ss.closing {
+		s.Shutdown()
+	}
 }
 
 func (ss *sessions) remove(s *splice.Session) {
