@@ -51,6 +51,9 @@ type Server struct {
 	shutting  atomic.Bool
 	httpsPort atomic.Value // string: the https listener's bound port, for redirects
 	errc      chan error   // a listener that failed while serving
+
+	stopMemory context.CancelFunc // ends releaseMemory
+	memoryDone chan struct{}
 }
 
 // listener is one bound address and the http.Server on it.
@@ -108,6 +111,12 @@ func (s *Server) Start() error {
 	for name, ln := range bound {
 		s.serve(name, want[name], ln)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopMemory, s.memoryDone = cancel, make(chan struct{})
+	go func() {
+		defer close(s.memoryDone)
+		releaseMemory(ctx)
+	}()
 	return nil
 }
 
@@ -378,6 +387,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.handler.Close()
 	s.certs.stop()
+	if s.stopMemory != nil {
+		s.stopMemory()
+		<-s.memoryDone
+	}
 	s.access.Close()
 	return firstErr
 }

@@ -416,14 +416,15 @@ routes:
 
 	// Everything closed: sluice should come back to where it started.
 	// Goroutines end as soon as connections close; the heap shrinks at the
-	// next GC; the Go runtime hands freed pages back to the OS gradually,
-	// so RSS is given longer.
+	// next GC; freed pages go back to the OS within sluice's memory check
+	// (30 s), so RSS is given a minute.
+	const rssMargin = 8 << 10 // KiB
 	var endG int
 	var endRSS, endHeap int64
 	settle := time.Now().Add(60 * time.Second)
 	for {
 		endG, endRSS, endHeap = goroutines(adminAddr), procStatus(pid, "VmRSS"), heapInuse(adminAddr)
-		back := endG <= baseG+5 && endHeap <= baseHeap+4<<20 && endRSS <= baseRSS+8<<10
+		back := endG <= baseG+5 && endHeap <= baseHeap+4<<20 && endRSS <= baseRSS+rssMargin
 		if back || time.Now().After(settle) {
 			break
 		}
@@ -460,4 +461,7 @@ routes:
 	if endHeap > baseHeap+4<<20 {
 		t.Errorf("heap did not come back: %d KiB at start, %d KiB after", baseHeap>>10, endHeap>>10)
 	}
+	// RSS is reported, not asserted: after a peak the runtime keeps its
+	// metadata (GC bitmaps, poll descriptors) and the code pages the load
+	// touched, about 10 MiB here, however much heap goes back.
 }
