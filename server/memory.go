@@ -15,9 +15,10 @@ const memoryCheckEvery = 30 * time.Second
 // system, so that RSS comes back down after a burst of connections instead
 // of staying at the peak. The Go runtime does this by itself, but slowly; a
 // proxy that just closed thousands of WebSocket sessions should not look,
-// to its operator, as if it still held them. It runs until ctx ends.
-func releaseMemory(ctx context.Context) {
-	tick := time.NewTicker(memoryCheckEvery)
+// to its operator, as if it still held them. It checks every period until
+// ctx ends.
+func releaseMemory(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {

@@ -115,7 +115,7 @@ func (s *Server) Start() error {
 	s.stopMemory, s.memoryDone = cancel, make(chan struct{})
 	go func() {
 		defer close(s.memoryDone)
-		releaseMemory(ctx)
+		releaseMemory(ctx, memoryCheckEvery)
 	}()
 	return nil
 }
