@@ -190,6 +190,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x.route = route
 	switch {
+	case r.Method == http.MethodConnect:
+		// sluice is not a forward proxy: no tunnels through it.
+		x.info.reason = "connect_refused"
+		x.rec.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		plainError(&x.rec, http.StatusMethodNotAllowed, "CONNECT is not supported")
 	case route == nil:
 		x.info.reason = "no_route"
 		plainError(&x.rec, http.StatusNotFound, "no route for this host and path")

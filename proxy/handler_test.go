@@ -238,6 +238,23 @@ func TestAbsoluteFormNotProxied(t *testing.T) {
 			t.Errorf("GET %s: status %d, want %d", tt.target, resp.StatusCode, tt.status)
 		}
 	}
+	// No tunnels either, whatever the host.
+	for _, host := range []string{"named.example.com:443", "elsewhere.example.net:443"} {
+		conn, err := net.Dial("tcp", p.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", host, host)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		conn.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("CONNECT %s: status %d, want 405", host, resp.StatusCode)
+		}
+	}
 }
 
 func TestForwardHeaders(t *testing.T) {
