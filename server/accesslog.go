@@ -30,7 +30,7 @@ func newAccessSink(target string, stdout, stderr io.Writer) (*accessSink, error)
 	}
 	a := &accessSink{stdout: stdout, stderr: stderr}
 	a.log = slog.New(slog.NewJSONHandler(a, &slog.HandlerOptions{ReplaceAttr: dropLevel}))
-	if _, err := a.reopen(target); err != nil {
+	if err := a.reopen(target); err != nil {
 		return nil, err
 	}
 	return a, nil
@@ -45,8 +45,8 @@ func dropLevel(groups []string, a slog.Attr) slog.Attr {
 }
 
 // reopen points the sink at target, re-opening a file even when the path is
-// unchanged. It returns the sink itself, for chaining.
-func (a *accessSink) reopen(target string) (*accessSink, error) {
+// unchanged.
+func (a *accessSink) reopen(target string) error {
 	var w io.Writer
 	var f *os.File
 	switch target {
@@ -60,7 +60,7 @@ func (a *accessSink) reopen(target string) (*accessSink, error) {
 		var err error
 		f, err = os.OpenFile(target, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
-			return nil, fmt.Errorf("log.access: opening %q: %w", target, err)
+			return fmt.Errorf("log.access: opening %q: %w", target, err)
 		}
 		w = f
 	}
@@ -71,7 +71,7 @@ func (a *accessSink) reopen(target string) (*accessSink, error) {
 	if old != nil {
 		old.Close()
 	}
-	return a, nil
+	return nil
 }
 
 func (a *accessSink) Write(p []byte) (int, error) {

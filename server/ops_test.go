@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -119,5 +121,43 @@ routes:
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("2 MiB of headers: %d, want 431", resp.StatusCode)
+	}
+}
+
+// TestAccessLogFileReopenedOnReload checks the logrotate story: after the
+// file is moved away, a reload opens a new one at the configured path.
+func TestAccessLogFileReopenedOnReload(t *testing.T) {
+	up := upstream(t, "ok")
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "access.log")
+	conf := fmt.Sprintf("listen: {http: \"127.0.0.1:0\"}\nadmin: {listen: off}\nlog: {access: %q}\nroutes:\n  - upstreams: [%s]\n", logPath, up.URL)
+	s := start(t, load(t, conf))
+	base := "http://" + s.Addr("http")
+	mustGet(t, base+"/first")
+	waitForFile := func(path, want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			b, _ := os.ReadFile(path)
+			if strings.Contains(string(b), want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s lacks %q: %q", path, want, b)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitForFile(logPath, `"path":"/first"`)
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Reload(load(t, conf)); err != nil {
+		t.Fatal(err)
+	}
+	mustGet(t, base+"/second")
+	waitForFile(logPath, `"path":"/second"`)
+	if b, _ := os.ReadFile(logPath + ".1"); strings.Contains(string(b), "/second") {
+		t.Fatal("the rotated file still receives lines")
 	}
 }

@@ -308,7 +308,7 @@ func (s *Server) Reload(cfg *config.Config) (err error) {
 		return fmt.Errorf("reload refused: %w", err)
 	}
 	// Re-opening also follows a log file that logrotate moved away.
-	if _, err := s.access.reopen(cfg.Log.Access); err != nil {
+	if err := s.access.reopen(cfg.Log.Access); err != nil {
 		for _, ln := range bound {
 			ln.Close()
 		}
