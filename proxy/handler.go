@@ -189,6 +189,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		route = nil
 	}
 	x.route = route
+	// Account for the request even when the response is aborted midway
+	// (ReverseProxy panics with http.ErrAbortHandler when a copy fails).
+	completed := false
+	defer func() {
+		if !completed && x.info.reason == "" {
+			x.info.reason = "aborted"
+		}
+		h.finish(x, r)
+	}()
 	switch {
 	case r.Method == http.MethodConnect:
 		// sluice is not a forward proxy: no tunnels through it.
@@ -205,10 +214,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		h.forward(x, r)
 	}
+	completed = true
+}
+
+// finish counts the request and writes its access-log record.
+func (h *Handler) finish(x *exchange, r *http.Request) {
 	if !x.websocket {
 		name := "none"
-		if route != nil {
-			name = route.cfg.Name
+		if x.route != nil {
+			name = x.route.cfg.Name
 		}
 		h.metrics.Request(name, x.rec.status, now().Sub(x.start))
 	}

@@ -128,19 +128,33 @@ type transportKey struct {
 // not throw away warm keep-alive connections.
 type transports struct {
 	mu sync.Mutex
-	m  map[transportKey]*http.Transport
+	m  map[transportKey]*schemeTransport
 }
 
-func (t *transports) get(k transportKey) *http.Transport {
+// schemeTransport sends http:// requests through the lean HTTP/1.1
+// transport and https:// ones through net/http's.
+type schemeTransport struct {
+	h1    *h1Transport
+	https *http.Transport
+}
+
+func (st *schemeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "http" {
+		return st.h1.RoundTrip(req)
+	}
+	return st.https.RoundTrip(req)
+}
+
+func (t *transports) get(k transportKey) http.RoundTripper {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if tr := t.m[k]; tr != nil {
 		return tr
 	}
 	if t.m == nil {
-		t.m = make(map[transportKey]*http.Transport)
+		t.m = make(map[transportKey]*schemeTransport)
 	}
-	tr := newTransport(k)
+	tr := &schemeTransport{h1: newH1Transport(k), https: newTransport(k)}
 	t.m[k] = tr
 	return tr
 }
@@ -149,7 +163,8 @@ func (t *transports) closeIdle() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, tr := range t.m {
-		tr.CloseIdleConnections()
+		tr.h1.CloseIdleConnections()
+		tr.https.CloseIdleConnections()
 	}
 }
 

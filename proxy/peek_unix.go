@@ -1,0 +1,31 @@
+//go:build unix
+
+package proxy
+
+import (
+	"net"
+	"syscall"
+)
+
+// peekAlive looks at c's socket without blocking: alive means nothing to
+// read yet. End of stream, an error, or bytes nobody asked for mean the
+// connection cannot carry a request. (A read deadline in the past would
+// not do: Go reports the timeout without asking the kernel.)
+func peekAlive(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	var b [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		alive = n <= 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true // never wait
+	})
+	return err == nil && alive
+}
