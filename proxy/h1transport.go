@@ -39,9 +39,43 @@ const (
 type h1Conn struct {
 	addr      string // pool key: host:port as dialled
 	c         net.Conn
-	br        *bufio.Reader
+	br        *bufio.Reader // nil while idle: an idle connection holds no buffer
 	bw        *bufio.Writer
 	idleSince time.Time
+}
+
+// Buffers are lent to connections while they carry a request, so that a
+// pool of idle connections costs their sockets and little else.
+var (
+	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+)
+
+func (pc *h1Conn) takeBuffers() {
+	pc.br = h1Readers.Get().(*bufio.Reader)
+	pc.br.Reset(pc.c)
+	pc.bw = h1Writers.Get().(*bufio.Writer)
+	pc.bw.Reset(pc.c)
+}
+
+// dropBuffers gives the buffers back; the reader must hold nothing unread.
+func (pc *h1Conn) dropBuffers() {
+	if pc.br != nil {
+		pc.br.Reset(nil)
+		h1Readers.Put(pc.br)
+		pc.br = nil
+	}
+	if pc.bw != nil {
+		pc.bw.Reset(nil)
+		h1Writers.Put(pc.bw)
+		pc.bw = nil
+	}
+}
+
+// close closes the connection and gives its buffers back.
+func (pc *h1Conn) close() {
+	pc.c.Close()
+	pc.dropBuffers()
 }
 
 func newH1Transport(k transportKey) *h1Transport {
@@ -66,13 +100,14 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if err != nil {
 				return nil, err
 			}
-			pc = &h1Conn{addr: addr, c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 16<<10)}
+			pc = &h1Conn{addr: addr, c: c}
 		}
+		pc.takeBuffers()
 		resp, sent, err := t.exchange(pc, req)
 		if err == nil {
 			return resp, nil
 		}
-		pc.c.Close()
+		pc.close()
 		// A reused connection the upstream had closed fails before any
 		// answer; a request that can be sent again goes on a new one.
 		if reused && !sent && req.Context().Err() == nil && retryable(req) {
@@ -166,8 +201,8 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 
 // release puts pc back in the pool when it can carry another request.
 func (t *h1Transport) release(ctx context.Context, pc *h1Conn, keep bool) {
-	if !keep || ctx.Err() != nil {
-		pc.c.Close()
+	if !keep || ctx.Err() != nil || pc.br.Buffered() > 0 {
+		pc.close()
 		return
 	}
 	t.put(pc)
@@ -187,26 +222,21 @@ func (t *h1Transport) get(addr string) (*h1Conn, bool) {
 		list[len(list)-1] = nil
 		t.idle[addr] = list[:len(list)-1]
 		t.mu.Unlock()
-		if now.Sub(pc.idleSince) < h1IdleTimeout && pc.alive() {
+		if now.Sub(pc.idleSince) < h1IdleTimeout && peekAlive(pc.c) {
 			return pc, true
 		}
-		pc.c.Close()
+		pc.close()
 	}
 }
 
-// alive reports whether the upstream has neither closed pc nor sent
-// anything unasked on it, without waiting (see peekAlive).
-func (pc *h1Conn) alive() bool {
-	return pc.br.Buffered() == 0 && peekAlive(pc.c)
-}
-
 func (t *h1Transport) put(pc *h1Conn) {
+	pc.dropBuffers()
 	pc.idleSince = time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	list := t.idle[pc.addr]
 	if len(list) >= h1MaxIdlePerHost {
-		pc.c.Close()
+		pc.close()
 		return
 	}
 	t.idle[pc.addr] = append(list, pc)
@@ -220,8 +250,36 @@ func (t *h1Transport) CloseIdleConnections() {
 	t.mu.Unlock()
 	for _, list := range idle {
 		for _, pc := range list {
-			pc.c.Close()
+			pc.close()
 		}
+	}
+}
+
+// sweep closes pooled connections that were idle too long or that the
+// upstream has closed, so their sockets do not linger until the next
+// request to that upstream.
+func (t *h1Transport) sweep(now time.Time) {
+	var dead []*h1Conn
+	t.mu.Lock()
+	for addr, list := range t.idle {
+		kept := list[:0]
+		for _, pc := range list {
+			if now.Sub(pc.idleSince) < h1IdleTimeout && peekAlive(pc.c) {
+				kept = append(kept, pc)
+			} else {
+				dead = append(dead, pc)
+			}
+		}
+		clear(list[len(kept):])
+		if len(kept) == 0 {
+			delete(t.idle, addr)
+		} else {
+			t.idle[addr] = kept
+		}
+	}
+	t.mu.Unlock()
+	for _, pc := range dead {
+		pc.close()
 	}
 }
 
@@ -264,9 +322,9 @@ func (b *h1Body) finish(complete bool) {
 		complete = false // cancelled: the hook closed the connection
 	}
 	b.rc.Close()
-	if complete && b.keep {
+	if complete && b.keep && b.pc.br.Buffered() == 0 {
 		b.t.put(b.pc)
 		return
 	}
-	b.pc.c.Close()
+	b.pc.close()
 }

@@ -137,3 +137,46 @@ func TestH1TransportClientGoneMidBody(t *testing.T) {
 		t.Fatalf("after a cut-off response: %q over %d upstream connections, want fine over 2", b, conns.Load())
 	}
 }
+
+// TestH1TransportSweep checks that pooled connections the upstream closed
+// are dropped by the sweeper without waiting for the next request, and
+// that an idle connection holds no buffers.
+func TestH1TransportSweep(t *testing.T) {
+	up, _ := countingUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}, 50*time.Millisecond)
+	tr := newH1Transport(transportKey{connect: time.Second})
+	defer tr.CloseIdleConnections()
+	req := mustReq("GET", up.URL+"/", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	idle := func() (n int, buffered bool) {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		for _, list := range tr.idle {
+			for _, pc := range list {
+				n++
+				buffered = buffered || pc.br != nil || pc.bw != nil
+			}
+		}
+		return n, buffered
+	}
+	if n, buffered := idle(); n != 1 || buffered {
+		t.Fatalf("after one request: %d idle connections (holding buffers: %v), want 1 without", n, buffered)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		tr.sweep(time.Now())
+		if n, _ := idle(); n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the connection the upstream closed is still pooled")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

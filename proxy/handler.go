@@ -165,8 +165,9 @@ func (h *Handler) Apply(cfg *config.Config) {
 // Config returns the configuration currently served.
 func (h *Handler) Config() *config.Config { return h.table.Load().cfg }
 
-// Close releases idle upstream connections.
-func (h *Handler) Close() { h.shared.transports.closeIdle() }
+// Close releases idle upstream connections and the goroutine that watches
+// them. Requests still running finish normally.
+func (h *Handler) Close() { h.shared.transports.close() }
 
 // CloseSessions ends every WebSocket session with close 1001 to both ends,
 // refuses new ones, and waits for them to finish or ctx to be done.

@@ -125,11 +125,17 @@ type transportKey struct {
 }
 
 // transports keeps upstream connection pools across reloads, so a reload does
-// not throw away warm keep-alive connections.
+// not throw away warm keep-alive connections. A sweeper goroutine, started
+// with the first pool and ended by close, drops idle connections that died.
 type transports struct {
-	mu sync.Mutex
-	m  map[transportKey]*schemeTransport
+	mu        sync.Mutex
+	m         map[transportKey]*schemeTransport
+	stopSweep chan struct{}
+	swept     chan struct{} // closed when the sweeper has returned
 }
+
+// sweepEvery is how often dead idle upstream connections are looked for.
+const sweepEvery = 15 * time.Second
 
 // schemeTransport sends http:// requests through the lean HTTP/1.1
 // transport and https:// ones through net/http's.
@@ -153,16 +159,49 @@ func (t *transports) get(k transportKey) http.RoundTripper {
 	}
 	if t.m == nil {
 		t.m = make(map[transportKey]*schemeTransport)
+		t.stopSweep, t.swept = make(chan struct{}), make(chan struct{})
+		go t.sweep(t.stopSweep, t.swept)
 	}
 	tr := &schemeTransport{h1: newH1Transport(k), https: newTransport(k)}
 	t.m[k] = tr
 	return tr
 }
 
-func (t *transports) closeIdle() {
+func (t *transports) sweep(stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	tick := time.NewTicker(sweepEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-tick.C:
+			t.mu.Lock()
+			pools := make([]*h1Transport, 0, len(t.m))
+			for _, tr := range t.m {
+				pools = append(pools, tr.h1)
+			}
+			t.mu.Unlock()
+			for _, p := range pools {
+				p.sweep(now)
+			}
+		}
+	}
+}
+
+// close ends the sweeper and closes every idle connection. Pools created
+// afterwards start a new sweeper.
+func (t *transports) close() {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, tr := range t.m {
+	stop, swept := t.stopSweep, t.swept
+	pools := t.m
+	t.m, t.stopSweep, t.swept = nil, nil, nil
+	t.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-swept
+	}
+	for _, tr := range pools {
 		tr.h1.CloseIdleConnections()
 		tr.https.CloseIdleConnections()
 	}

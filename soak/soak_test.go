@@ -5,8 +5,8 @@
 // upstreams are killed and restarted. It is kept out of the default test
 // run by the soak build tag:
 //
-//	go test -tags soak -run Soak -v ./soak                 # 2 minutes
-//	go test -tags soak -run Soak -v ./soak -soak.duration 30s
+//	go test -tags soak -run Soak -count=1 -v ./soak                 # 2 minutes
+//	go test -tags soak -run Soak -count=1 -v ./soak -soak.duration 30s
 //
 // Everything runs on 127.0.0.1, bounded in time.
 package soak
