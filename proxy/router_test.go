@@ -226,6 +226,7 @@ func BenchmarkRewrite(b *testing.B) {
 	u, _ := url.Parse("http://127.0.0.1:9000")
 	rc.Upstreams = []*url.URL{u}
 	r := newRoute(rc, nil, sh, slog.New(slog.DiscardHandler))
+	defer sh.transports.close()
 	in := httptest.NewRequest("GET", "http://example.com/api/users/42?x=1", nil)
 	in.RemoteAddr = "192.0.2.1:5000"
 	in.Header = http.Header{
