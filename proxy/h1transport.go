@@ -103,14 +103,14 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			pc = &h1Conn{addr: addr, c: c}
 		}
 		pc.takeBuffers()
-		resp, sent, err := t.exchange(pc, req)
+		resp, answered, err := t.exchange(pc, req)
 		if err == nil {
 			return resp, nil
 		}
 		pc.close()
 		// A reused connection the upstream had closed fails before any
 		// answer; a request that can be sent again goes on a new one.
-		if reused && !sent && req.Context().Err() == nil && retryable(req) {
+		if reused && !answered && req.Context().Err() == nil && retryable(req) {
 			continue
 		}
 		if ctxErr := req.Context().Err(); ctxErr != nil {
@@ -120,14 +120,10 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-// exchange writes req on pc and reads the response header. sent reports
-// whether any byte of a response arrived (so the request must not be
-// resent).
-func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (resp *http.Response, sent bool, err error) {
+// exchange writes req on pc and reads the response header. answered
+// reports whether anything came back (so the request must not be resent).
+func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (resp *http.Response, answered bool, err error) {
 	stop := context.AfterFunc(req.Context(), func() { pc.c.SetDeadline(time.Unix(1, 0)) })
-	if t.responseHeader > 0 {
-		pc.c.SetDeadline(time.Now().Add(t.responseHeader))
-	}
 	if err := writeRequest(pc.bw, req); err != nil {
 		stop()
 		return nil, false, err
@@ -135,6 +131,11 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (resp *http.Respon
 	if err := pc.bw.Flush(); err != nil {
 		stop()
 		return nil, false, err
+	}
+	// response_header counts from the end of the request, as a slow
+	// upload is the client's pace, not the upstream's.
+	if t.responseHeader > 0 {
+		pc.c.SetReadDeadline(time.Now().Add(t.responseHeader))
 	}
 	// Nothing at all back (EOF, reset) means the connection was dead
 	// before our request: safe to send again elsewhere. A timeout is not.

@@ -180,3 +180,41 @@ func TestH1TransportSweep(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// slowBody yields n chunks of data, one every gap.
+type slowBody struct {
+	n   int
+	gap time.Duration
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	if b.n == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(b.gap)
+	b.n--
+	return copy(p, "chunk"), nil
+}
+
+// TestH1TransportSlowUpload checks that response_header counts from the
+// end of the request: an upload slower than it still gets its answer.
+func TestH1TransportSlowUpload(t *testing.T) {
+	up, _ := countingUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		io.WriteString(w, string(b))
+	}, 0)
+	rt := route("/", up.URL)
+	rt.Timeouts.ResponseHeader = 200 * time.Millisecond
+	p := startProxy(t, &config.Config{Routes: []config.Route{rt}})
+	req := mustReq("POST", p.URL+"/", &slowBody{n: 6, gap: 100 * time.Millisecond})
+	req.ContentLength = -1
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != strings.Repeat("chunk", 6) {
+		t.Fatalf("600ms upload with a 200ms response_header: %d %q", resp.StatusCode, b)
+	}
+}
