@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -25,7 +24,6 @@ type Route struct {
 	cfg     *config.Route
 	rp      *httputil.ReverseProxy
 	bal     *balancer
-	trusted []netip.Prefix
 	ws      *wsRoute         // connection counters, shared with the same-named route of later configs
 	limiter *ratelimit.Keyed // per-client request limit; nil = none
 }
@@ -33,8 +31,8 @@ type Route struct {
 // Name is the route's name as used in logs and metrics.
 func (r *Route) Name() string { return r.cfg.Name }
 
-func newRoute(cfg *config.Route, trusted []netip.Prefix, sh *shared, errLog *slog.Logger) *Route {
-	r := &Route{cfg: cfg, trusted: trusted, ws: sh.wsRoute(cfg.Name), limiter: sh.limiter(cfg.Name, cfg.RateLimit)}
+func newRoute(cfg *config.Route, sh *shared, errLog *slog.Logger) *Route {
+	r := &Route{cfg: cfg, ws: sh.wsRoute(cfg.Name), limiter: sh.limiter(cfg.Name, cfg.RateLimit)}
 	ups := make([]*upstream, len(cfg.Upstreams))
 	for i, u := range cfg.Upstreams {
 		ups[i] = sh.upstream(u)
@@ -77,7 +75,7 @@ func (r *Route) rewrite(pr *httputil.ProxyRequest) {
 	if r.cfg.HostHeader == config.HostPreserve {
 		pr.Out.Host = pr.In.Host
 	}
-	r.setForwarded(pr)
+	setForwarded(pr, info != nil && info.peerTrusted)
 	h := pr.Out.Header
 	for name := range h {
 		// Proxy-* headers are meant for this hop (SPEC: hop-by-hop);
@@ -96,12 +94,13 @@ func (r *Route) rewrite(pr *httputil.ProxyRequest) {
 }
 
 // setForwarded sets X-Forwarded-For, -Proto and -Host. The client's own
-// values are believed only when the peer is a trusted proxy; otherwise they
-// are replaced, so a client cannot forge its address.
-func (r *Route) setForwarded(pr *httputil.ProxyRequest) {
+// values are believed only when the peer is a trusted proxy (decided once
+// per request, by clientAddr); otherwise they are replaced, so a client
+// cannot forge its address.
+func setForwarded(pr *httputil.ProxyRequest, peerTrusted bool) {
 	in := pr.In
 	pr.SetXForwarded() // X-Forwarded-For = peer, -Host = Host, -Proto = http(s)
-	if len(r.trusted) == 0 || !peerTrusted(in.RemoteAddr, r.trusted) {
+	if !peerTrusted {
 		return
 	}
 	h := pr.Out.Header
@@ -114,11 +113,6 @@ func (r *Route) setForwarded(pr *httputil.ProxyRequest) {
 	if v := in.Header.Get("X-Forwarded-Host"); v != "" {
 		h.Set("X-Forwarded-Host", v)
 	}
-}
-
-func peerTrusted(remoteAddr string, trusted []netip.Prefix) bool {
-	ap, err := netip.ParseAddrPort(remoteAddr)
-	return err == nil && isTrusted(ap.Addr().Unmap(), trusted)
 }
 
 // stripPrefix removes prefix, a route path other than "/" that matched on a

@@ -157,7 +157,7 @@ func (h *Handler) Apply(cfg *config.Config) {
 		if l := oldLim[rc.Name]; l != nil {
 			sh.limiters[rc.Name] = l
 		}
-		routes[i] = newRoute(rc, cfg.TrustedProxies, sh, h.log)
+		routes[i] = newRoute(rc, sh, h.log)
 	}
 	h.table.Store(&table{cfg: cfg, router: NewRouter(routes)})
 }
@@ -182,7 +182,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.rec.ResponseWriter = w
 	x.info.path = cleanPath(r.URL.Path)
 	t := h.table.Load()
-	x.client = clientAddr(r, t.cfg.TrustedProxies)
+	x.client, x.info.peerTrusted = clientAddr(r, t.cfg.TrustedProxies)
 	route, hostMatched := t.router.Lookup(r.Host, x.info.path)
 	// An absolute-form target ("GET http://elsewhere/ HTTP/1.1") is served
 	// only when a route names its host: sluice is never an open proxy.
@@ -365,14 +365,15 @@ func (x *exchange) clientString(r *http.Request) string {
 // clientAddr returns the address of the client: the peer, or, when the
 // peer is a trusted proxy, the nearest address in X-Forwarded-For that is
 // not itself a trusted proxy (read from the right, as each proxy appends).
-func clientAddr(r *http.Request, trusted []netip.Prefix) netip.Addr {
+// peerTrusted reports whether the peer is a trusted proxy.
+func clientAddr(r *http.Request, trusted []netip.Prefix) (client netip.Addr, peerTrusted bool) {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return netip.Addr{}
+		return netip.Addr{}, false
 	}
 	addr := ap.Addr().Unmap()
 	if len(trusted) == 0 || !isTrusted(addr, trusted) {
-		return addr
+		return addr, false
 	}
 	values := r.Header.Values("X-Forwarded-For")
 	for i := len(values) - 1; i >= 0; i-- {
@@ -383,18 +384,18 @@ func clientAddr(r *http.Request, trusted []netip.Prefix) netip.Addr {
 			v = v[:max(j, 0)]
 			a, err := netip.ParseAddr(part)
 			if err != nil {
-				return addr // garbage: stop believing the chain here
+				return addr, true // garbage: stop believing the chain here
 			}
 			addr = a.Unmap()
 			if !isTrusted(addr, trusted) {
-				return addr
+				return addr, true
 			}
 			if j < 0 {
 				break
 			}
 		}
 	}
-	return addr
+	return addr, true
 }
 
 func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {

@@ -782,7 +782,7 @@ func TestClientAddr(t *testing.T) {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.RemoteAddr = tt.remote
 		r.Header["X-Forwarded-For"] = tt.xff
-		if got := clientAddr(r, trusted).String(); got != tt.want {
+		if got, _ := clientAddr(r, trusted); got.String() != tt.want {
 			t.Errorf("clientAddr(%s, %q) = %s, want %s", tt.remote, tt.xff, got, tt.want)
 		}
 	}

@@ -225,7 +225,7 @@ func BenchmarkRewrite(b *testing.B) {
 		Headers: config.Headers{Request: config.HeaderOps{Set: map[string]string{"X-Gateway": "sluice"}, Remove: []string{"Cookie"}}}}
 	u, _ := url.Parse("http://127.0.0.1:9000")
 	rc.Upstreams = []*url.URL{u}
-	r := newRoute(rc, nil, sh, slog.New(slog.DiscardHandler))
+	r := newRoute(rc, sh, slog.New(slog.DiscardHandler))
 	defer sh.transports.close()
 	in := httptest.NewRequest("GET", "http://example.com/api/users/42?x=1", nil)
 	in.RemoteAddr = "192.0.2.1:5000"

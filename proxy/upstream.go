@@ -234,9 +234,12 @@ func newTransport(k transportKey) *http.Transport {
 type requestInfo struct {
 	upstream *upstream
 	retried  bool
-	err      error  // the upstream error, if any
-	path     string // the cleaned request path that was routed
-	reason   string // short word for the access log: "no_route", "upstream_unreachable", ...
+	// peerTrusted: the TCP peer is a trusted proxy, so its X-Forwarded-*
+	// headers are believed.
+	peerTrusted bool
+	err         error  // the upstream error, if any
+	path        string // the cleaned request path that was routed
+	reason      string // short word for the access log: "no_route", "upstream_unreachable", ...
 }
 
 type infoKey struct{}
