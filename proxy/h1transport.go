@@ -51,6 +51,12 @@ var (
 	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
 )
 
+// takeReader lends pc a reader only: the HTTP/1 path writes directly.
+func (pc *h1Conn) takeReader() {
+	pc.br = h1Readers.Get().(*bufio.Reader)
+	pc.br.Reset(pc.c)
+}
+
 func (pc *h1Conn) takeBuffers() {
 	pc.br = h1Readers.Get().(*bufio.Reader)
 	pc.br.Reset(pc.c)

@@ -97,7 +97,7 @@ func (h *Handler) serveWebSocket(x *exchange, r *http.Request) {
 		plainError(&x.rec, http.StatusBadRequest, "websocket upgrade needs HTTP/1.1")
 		return
 	}
-	ip := x.clientString(r)
+	ip := x.clientString()
 	if !x.route.ws.acquire(ip, ws.MaxConnections, ws.MaxConnectionsPerIP) {
 		x.info.reason = "websocket_connection_limit"
 		x.rec.Header().Set("Retry-After", "1")

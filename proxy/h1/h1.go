@@ -302,11 +302,12 @@ func (req *Request) frame() error {
 			te = true
 			switch {
 			case equalFold(trimOWS(f.Value), "chunked"):
-			case listHas(f.Value, "chunked"):
-				return &Error{Status: 501, Msg: "transfer coding not supported"}
+			case !lastToken(f.Value, "chunked"):
+				// Without chunked last, a request body has no end
+				// (RFC 9112 6.3: 400, and close).
+				return badRequest("transfer coding without chunked last")
 			default:
-				// Without chunked last, a request body has no end.
-				return badRequest("transfer coding without chunked")
+				return &Error{Status: 501, Msg: "transfer coding not supported"}
 			}
 		case equalFold(f.Name, "Connection"):
 			closeTok = closeTok || listHas(f.Value, "close")
