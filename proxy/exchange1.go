@@ -229,7 +229,7 @@ func (sc *serverConn) forward(x *exchange, tgt *target) bool {
 	var pc *h1Conn
 	for {
 		var reused bool
-		pc, reused = tr.get(u.addr)
+		pc, reused = tr.get(u.addr, replayable)
 		if pc == nil {
 			c, err := tr.dialer.Dial("tcp", u.addr)
 			if err != nil {
@@ -255,7 +255,7 @@ func (sc *serverConn) forward(x *exchange, tgt *target) bool {
 		sc.hangUp = nil
 		if sc.gone.Load() {
 			pc.close()
-			x.info.err, x.info.reason = err, "client_gone"
+			x.info.err, x.info.reason = nil, "client_gone" // err is our own wake-up
 			x.rec.status = statusClientGone
 			return false
 		}
