@@ -213,47 +213,70 @@ type serverConn struct {
 
 	// gone is set when the client hung up while its exchange ran.
 	gone   atomic.Bool
-	hangUp *hangUpWatch // the running watch, if any
+	hangUp *hangUpWatch // made at the first exchange that forwards
 }
 
 // watchAfter is how long an exchange runs before sluice starts watching
 // for the client hanging up: quick exchanges never pay for the watch.
 const watchAfter = 100 * time.Millisecond
 
-// hangUpWatch watches the client connection of one exchange.
+// hangUpWatch watches a client connection for hanging up during its
+// exchanges. It is made once per connection and re-armed per exchange, so
+// that an exchange that ends before watchAfter costs a timer reset and
+// nothing else.
 type hangUpWatch struct {
-	sc    *serverConn
-	timer *time.Timer
-	done  chan struct{}
+	sc     *serverConn
+	timer  *time.Timer
+	done   chan struct{}          // a token when a fired watch has returned
+	target atomic.Pointer[h1Conn] // the upstream side to wake when the client is gone
+	armed  bool                   // owned by the connection's goroutine
 }
 
-// watch arranges for onGone to run if the client hangs up while the
-// exchange runs past watchAfter. Plain TCP only: on TLS, a hang-up is
-// first a close_notify record, which a peek cannot tell from data. The
-// caller must call stop before reading from the client again.
-func (sc *serverConn) watch(onGone func()) *hangUpWatch {
+// watch arms the connection's watch: if the client hangs up while the
+// exchange runs past watchAfter, target's deadlines are set in the past and
+// sc.gone is set. Plain TCP only: on TLS, a hang-up is first a
+// close_notify record, which a peek cannot tell from data. stopWatch must
+// be called before the client is read from again.
+func (sc *serverConn) watch(target *h1Conn) {
 	if sc.tls != nil {
-		return nil
-	}
-	w := &hangUpWatch{sc: sc, done: make(chan struct{})}
-	w.timer = time.AfterFunc(watchAfter, func() {
-		defer close(w.done)
-		watchHangUp(sc.c, func() {
-			sc.gone.Store(true)
-			onGone()
-		})
-	})
-	return w
-}
-
-// stop ends the watch and waits for it.
-func (w *hangUpWatch) stop() {
-	if w == nil || w.timer.Stop() {
 		return
 	}
-	w.sc.c.SetReadDeadline(time.Unix(1, 0)) // wakes the watch
+	w := sc.hangUp
+	if w == nil {
+		w = &hangUpWatch{sc: sc, done: make(chan struct{}, 1)}
+		w.timer = time.AfterFunc(time.Hour, w.run)
+		w.timer.Stop()
+		sc.hangUp = w
+	}
+	sc.gone.Store(false)
+	w.target.Store(target)
+	w.armed = true
+	w.timer.Reset(watchAfter)
+}
+
+func (w *hangUpWatch) run() {
+	defer func() { w.done <- struct{}{} }()
+	watchHangUp(w.sc.c, func() {
+		w.sc.gone.Store(true)
+		if t := w.target.Load(); t != nil {
+			t.c.SetDeadline(time.Unix(1, 0))
+		}
+	})
+}
+
+// stopWatch disarms the watch and waits for it if it had started.
+func (sc *serverConn) stopWatch() {
+	w := sc.hangUp
+	if w == nil || !w.armed {
+		return
+	}
+	w.armed = false
+	if w.timer.Stop() {
+		return
+	}
+	sc.c.SetReadDeadline(time.Unix(1, 0)) // wakes the watch
 	<-w.done
-	w.sc.c.SetReadDeadline(time.Time{})
+	sc.c.SetReadDeadline(time.Time{})
 }
 
 func (sc *serverConn) closeIfIdle() {

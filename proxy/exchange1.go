@@ -251,8 +251,7 @@ func (sc *serverConn) forward(x *exchange, tgt *target) bool {
 		if err == nil {
 			break
 		}
-		sc.hangUp.stop()
-		sc.hangUp = nil
+		sc.stopWatch()
 		if sc.gone.Load() {
 			pc.close()
 			x.info.err, x.info.reason = nil, "client_gone" // err is our own wake-up
@@ -327,8 +326,7 @@ func (sc *serverConn) roundTrip(x *exchange, pc *h1Conn, u *upstream, tgt *targe
 		}
 	}
 	// From here on the client is only waited on: learn if it hangs up.
-	sc.gone.Store(false)
-	sc.hangUp = sc.watch(func() { pc.c.SetDeadline(time.Unix(1, 0)) })
+	sc.watch(pc)
 	// response_header counts from the end of the request.
 	if d := tr.responseHeader; d > 0 {
 		pc.c.SetReadDeadline(time.Now().Add(d))
@@ -451,10 +449,7 @@ func (sc *serverConn) failed(x *exchange, err error) bool {
 // the client, then gives pc back to the pool when it can carry another
 // request. It reports whether the client connection can.
 func (sc *serverConn) relay(x *exchange, pc *h1Conn, tr *h1Transport) bool {
-	defer func() {
-		sc.hangUp.stop()
-		sc.hangUp = nil
-	}()
+	defer sc.stopWatch()
 	req, resp := &sc.req, &sc.resp
 	route := x.route
 	keep := !req.Close && sc.body.Done() && !sc.s.isClosing()
