@@ -34,9 +34,6 @@ func (sc *serverConn) exchange() bool {
 			return sc.serveHandler(h)
 		}
 	}
-	if req.Header.HasToken("Upgrade", "websocket") && req.Header.HasToken("Connection", "upgrade") {
-		return sc.serveHandler(sc.s.h) // the WebSocket handshake takes over the connection
-	}
 	t := sc.s.h.table.Load()
 	x := &exchange{start: now(), method: b2s(req.Method), remote: sc.peerIP}
 	completed := false
@@ -88,6 +85,8 @@ func (sc *serverConn) exchange() bool {
 		x.info.reason = "no_route"
 		keep = sc.bodyless()
 		sc.writeError(x, 404, "no route for this host and path", !keep, "")
+	case req.Header.HasToken("Upgrade", "websocket") && req.Header.HasToken("Connection", "upgrade"):
+		keep = sc.serveWebSocket(x, &tgt)
 	case route.h1 == nil:
 		// An https upstream: net/http's transport speaks TLS to it.
 		completed = true
@@ -505,7 +504,7 @@ func (sc *serverConn) relay(x *exchange, pc *h1Conn, tr *h1Transport) bool {
 			return false
 		}
 	}
-	if resp.Close || pc.br.Buffered() > 0 {
+	if tr == nil || resp.Close || pc.br.Buffered() > 0 {
 		pc.close()
 	} else {
 		tr.put(pc)
