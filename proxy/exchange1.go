@@ -144,15 +144,15 @@ func parseTarget(req *h1.Request) (t target, ok bool) {
 			raw = append([]byte("/"), raw...) // rare: allocation is fine
 		}
 	}
+	if i := bytes.IndexByte(raw, '#'); i >= 0 {
+		raw = raw[:i] // a fragment has no business in a request: dropped
+	}
 	if i := bytes.IndexByte(raw, '?'); i >= 0 {
 		t.rawPath, t.query = raw[:i], raw[i+1:]
 	} else {
 		t.rawPath = raw
 	}
-	if bytes.IndexByte(t.rawPath, '#') >= 0 {
-		return t, false
-	}
-	return t, true
+	return t, len(t.rawPath) > 0
 }
 
 // clientAddr is the Handler's clientAddr for a request on this connection.
