@@ -380,6 +380,7 @@ func (sc *serverConn) refuse(err error) {
 	if !errors.As(err, &he) {
 		return // EOF, reset, or the read_header timeout: nobody to answer
 	}
+	sc.req.Method = nil // not this request's: the head did not parse
 	x := &exchange{start: now(), method: "-", path: "-", remote: sc.c.RemoteAddr().String()}
 	x.info.reason, x.info.err = "bad_request", err
 	sc.writeError(x, he.Status, he.Msg, true, "")
