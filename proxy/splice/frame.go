@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -14,7 +15,22 @@ import (
 // claims.
 const bufSize = 32 << 10
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+// readBuf is a pooled read buffer, with what a non-blocking read through
+// syscall.RawConn.Read needs: the callback is made once per buffer, not per
+// read, so that reading does not allocate.
+type readBuf struct {
+	b      []byte // bufSize bytes
+	p      []byte // the part of b the callback reads into
+	n      int    // what it read
+	errno  error  // and how it failed
+	readFn func(fd uintptr) bool
+}
+
+var bufPool = sync.Pool{New: func() any {
+	rb := &readBuf{b: make([]byte, bufSize)}
+	rb.readFn = rb.read
+	return rb
+}}
 
 // rsv1 is RSV1 in ws.Header.Rsv, the bit permessage-deflate uses.
 const rsv1 = 0x4
@@ -42,14 +58,17 @@ const (
 // inspection (a close code, a pong that may answer the proxy's ping).
 //
 // The state is here, not on a goroutine's stack, so that feed can be driven by
-// anything that has bytes from src: today a goroutine per direction, later
-// perhaps an event loop.
+// anything that has bytes from src: on Linux a goroutine started when the
+// poller reports src readable (see poll_linux.go), elsewhere, and for sources
+// without a socket, a goroutine per direction that lives as long as it.
 type dir struct {
 	src, dst *peer
 	state    ws.State // how src's frames are checked; StateFragmented comes from msgOpen
 	pre      []byte   // bytes read before the session began, handled first
 	readCap  int      // read at most this much at once; 0 = a whole buffer
-	readyFn  func(fd uintptr) bool
+	readyFn  func(fd uintptr) bool // the goroutine driver's readiness probe; made when it starts
+	token    uint64                // the poller's registration; 0 = driven by a goroutine
+	ev       atomic.Int32          // the poller's driver state (evNone and so on)
 
 	h            ws.Header // current frame
 	remain       int64     // its payload bytes still to come
@@ -71,9 +90,6 @@ type dir struct {
 
 func (d *dir) init(src, dst *peer, pre []byte, st ws.State) {
 	d.src, d.dst, d.pre, d.state = src, dst, pre, st
-	if src.raw != nil {
-		d.readyFn = d.ready
-	}
 }
 
 // cursor walks one chunk of bytes read from src. p[run:i] are bytes to be
