@@ -63,9 +63,9 @@ const (
 // without a socket, a goroutine per direction that lives as long as it.
 type dir struct {
 	src, dst *peer
-	state    ws.State // how src's frames are checked; StateFragmented comes from msgOpen
-	pre      []byte   // bytes read before the session began, handled first
-	readCap  int      // read at most this much at once; 0 = a whole buffer
+	state    ws.State              // how src's frames are checked; StateFragmented comes from msgOpen
+	pre      []byte                // bytes read before the session began, handled first
+	readCap  int                   // read at most this much at once; 0 = a whole buffer
 	readyFn  func(fd uintptr) bool // the goroutine driver's readiness probe; made when it starts
 	token    uint64                // the poller's registration; 0 = driven by a goroutine
 	ev       atomic.Int32          // the poller's driver state (evNone and so on)
