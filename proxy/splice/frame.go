@@ -48,7 +48,7 @@ type action uint8
 const (
 	actForward action = iota // its header went, or is going, to dst; its payload follows
 	actDrop                  // it does not go to dst
-	actHold                  // its header and first holdN payload bytes wait in hold for a decision
+	actHold                  // its header and first holdN payload bytes wait in hold for a decision (or for the first payload byte)
 )
 
 // dir is one direction of a session: src's frames go to dst. It is a parser
@@ -188,6 +188,16 @@ func (s *Session) header(d *dir, c *cursor) {
 			d.act, d.holdN = actHold, pingLen
 		}
 	}
+	if d.act == actForward && d.remain > 0 && c.i == len(c.p) && !d.chargeChunks {
+		// No payload byte came with the header: keep the header until one
+		// does. Forwarded alone, it would leave dst inside a frame, and if
+		// src went away now (a writer that sends header and payload in two
+		// writes, as gobwas/ws does, killed between them), dst could get no
+		// close frame, only a TCP close. Held, it is dropped and dst gets
+		// its close code (1014 to the client). Frames charged to the byte
+		// bucket as they stream are left alone: the held byte would not be.
+		d.act, d.holdN = actHold, 1
+	}
 	switch d.act {
 	case actForward:
 		d.dstMid = d.remain > 0
@@ -255,7 +265,7 @@ func (s *Session) decideHeld(d *dir, c *cursor) {
 	fwd := true
 	switch d.h.OpCode {
 	case ws.OpPong:
-		if [4]byte(u[:4]) == pingMagic {
+		if n == pingLen && [4]byte(u[:4]) == pingMagic {
 			fwd = false // answers the proxy's ping: the backend never sent it
 			if seq := binary.BigEndian.Uint32(u[4:]); seq == s.pingSent.Load() {
 				s.pongGot.Store(seq)
