@@ -27,6 +27,12 @@ import (
 // Goroutines are cheap to start (the runtime reuses their descriptors and
 // stacks), and this one lives only while there is something to do.
 //
+// A direction that is busy is not idle and may hold its goroutine and buffer
+// for a while: in a write to a slow peer, or in a rate-limit wait (admit
+// waits in the middle of a chunk it has read; letting go of the goroutine
+// there would mean keeping the rest of the chunk). Throttled directions
+// therefore cost what they cost before; idle ones cost nothing.
+//
 // Go's own netpoller keeps the socket too (it is edge-triggered and sees no
 // waiter, so it stays quiet); registering a socket in a second epoll
 // instance is allowed. Every epoll_ctl on a socket runs inside
@@ -162,9 +168,11 @@ func (s *Session) startPolled(d *dir) bool {
 		err = cerr
 	}
 	if err != nil {
-		// Not registered, so no event can come: it is ours alone.
-		d.ev.Store(evDone)
+		// Not registered, so no event can come: it is ours alone, and
+		// the caller gives it a goroutine.
+		d.ev.Store(evNone)
 		p.unregister(d)
+		d.token = 0
 		return false
 	}
 	if first == evRunning {
