@@ -15,22 +15,7 @@ import (
 // claims.
 const bufSize = 32 << 10
 
-// readBuf is a pooled read buffer, with what a non-blocking read through
-// syscall.RawConn.Read needs: the callback is made once per buffer, not per
-// read, so that reading does not allocate.
-type readBuf struct {
-	b      []byte // bufSize bytes
-	p      []byte // the part of b the callback reads into
-	n      int    // what it read
-	errno  error  // and how it failed
-	readFn func(fd uintptr) bool
-}
-
-var bufPool = sync.Pool{New: func() any {
-	rb := &readBuf{b: make([]byte, bufSize)}
-	rb.readFn = rb.read
-	return rb
-}}
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
 // rsv1 is RSV1 in ws.Header.Rsv, the bit permessage-deflate uses.
 const rsv1 = 0x4
@@ -58,17 +43,19 @@ const (
 // inspection (a close code, a pong that may answer the proxy's ping).
 //
 // The state is here, not on a goroutine's stack, so that feed can be driven by
-// anything that has bytes from src: on Linux a goroutine started when the
-// poller reports src readable (see poll_linux.go), elsewhere, and for sources
+// anything that has bytes from src: on Linux a goroutine while src is busy and
+// none while it is quiet (see poll_linux.go), elsewhere, and for sources
 // without a socket, a goroutine per direction that lives as long as it.
 type dir struct {
 	src, dst *peer
 	state    ws.State              // how src's frames are checked; StateFragmented comes from msgOpen
 	pre      []byte                // bytes read before the session began, handled first
 	readCap  int                   // read at most this much at once; 0 = a whole buffer
-	readyFn  func(fd uintptr) bool // the goroutine driver's readiness probe; made when it starts
-	token    uint64                // the poller's registration; 0 = driven by a goroutine
-	ev       atomic.Int32          // the poller's driver state (evNone and so on)
+	readyFn  func(fd uintptr) bool // the readiness probe pump waits with; made when d starts
+	token    uint64                // the poller's registration; 0 = never parked
+	ev       atomic.Int32          // the hybrid driver's state (evNone and so on)
+	rdl      int64                 // src's read deadline (the end of the quiet period), in nanoseconds since Start; 0 = none
+	seen     int64                 // bytes when the quiet period began
 
 	h            ws.Header // current frame
 	remain       int64     // its payload bytes still to come

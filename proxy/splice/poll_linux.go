@@ -5,7 +5,6 @@ package splice
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -13,40 +12,55 @@ import (
 	"time"
 )
 
-// The readiness-driven driver. An idle direction holds no goroutine and no
-// buffer: its source socket is registered in one package-level epoll
-// instance with EPOLLONESHOT, and a single goroutine waits in epoll_wait for
-// all of them. When a socket becomes readable, that goroutine starts a
-// goroutine for the direction, which reads without blocking and feeds the
-// bytes to the direction's state machine until the socket is empty, re-arms
-// the registration and returns.
+// The hybrid driver. A direction that has bytes to move runs as on other
+// systems: a goroutine of its own waits on Go's netpoller for its source to
+// become readable, without a buffer (see pump), and costs nothing more per
+// frame. A direction whose source has been quiet for the session's quiet
+// period (quietPeriod) lets go of its goroutine and is parked: its source
+// socket is armed (EPOLLONESHOT) in one package-level epoll instance, on which
+// a single goroutine waits for all parked directions. When a parked socket
+// becomes readable, that goroutine starts a goroutine for the direction,
+// which runs it as a busy one again until it is quiet once more.
 //
-// Why a goroutine per event rather than a fixed pool of workers: a direction
-// may block for up to WriteTimeout writing to a slow peer, or in a rate-limit
-// wait, and a fixed pool would let a few such sessions hold up all others.
-// Goroutines are cheap to start (the runtime reuses their descriptors and
-// stacks), and this one lives only while there is something to do.
+// The quiet timer is the source's read deadline, not a timer per read: it is
+// set when the goroutine starts and, when it passes, the goroutine looks
+// whether the direction read anything since the last time (d.bytes moved);
+// if so, the deadline moves on by a quiet period. A busy direction therefore
+// pays one deadline change a period, and never an epoll_ctl or a wake-up of
+// the poller. A direction parks between one and two quiet periods after its
+// last byte.
 //
-// A direction that is busy is not idle and may hold its goroutine and buffer
-// for a while: in a write to a slow peer, or in a rate-limit wait (admit
-// waits in the middle of a chunk it has read; letting go of the goroutine
-// there would mean keeping the rest of the chunk). Throttled directions
-// therefore cost what they cost before; idle ones cost nothing.
+// Why a goroutine per wake-up rather than a fixed pool of workers: a
+// direction may block for up to WriteTimeout writing to a slow peer, or in a
+// rate-limit wait, and a fixed pool would let a few such sessions hold up all
+// others. Goroutines are cheap to start (the runtime reuses their descriptors
+// and stacks).
+//
+// A direction is parked only where it waits for its source, between chunks:
+// never in a write to a slow peer or in a rate-limit wait (admit waits in
+// the middle of a chunk it has read; letting go of the goroutine there would
+// mean keeping the rest of the chunk). Throttled directions therefore cost
+// what they cost before; quiet ones cost nothing but their registration.
 //
 // Go's own netpoller keeps the socket too (it is edge-triggered and sees no
-// waiter, so it stays quiet); registering a socket in a second epoll
-// instance is allowed. Every epoll_ctl on a socket runs inside
-// syscall.RawConn.Control or Read, which hold the descriptor open, so that a
-// concurrent Close cannot free the number for another socket to take while
-// we still use it (it would change someone else's registration).
+// waiter while the direction is parked, so it stays quiet); registering a
+// socket in a second epoll instance is allowed. Every epoll_ctl on a socket
+// runs inside syscall.RawConn.Control, which holds the descriptor open, so
+// that a concurrent Close cannot free the number for another socket to take
+// while we still use it (it would change someone else's registration).
+//
+// A socket is added to the epoll set the first time its direction parks and
+// stays in it, disarmed while the direction runs, until the session ends:
+// later parks re-arm it (EPOLL_CTL_MOD). A session that never goes quiet is
+// never added.
 
-// Driver states of a polled direction (dir.ev). The zero value is for a
-// direction the poller does not drive.
+// Driver states of a direction under the hybrid driver (dir.ev). The zero
+// value is for a direction that cannot be parked.
 const (
-	evNone     int32 = iota // not polled
-	evIdle                  // registered and armed; no goroutine
+	evNone     int32 = iota // never parked: a goroutine drives it for good
+	evIdle                  // parked: registered and armed; no goroutine
 	evRunning               // a goroutine drives it
-	evNotified              // as evRunning, and readiness was reported meanwhile
+	evNotified              // as evRunning while it parks, and readiness was reported meanwhile
 	evDone                  // its source is finished; it is driven no more
 )
 
@@ -119,16 +133,24 @@ func tokenOf(ev *syscall.EpollEvent) uint64 {
 // arming. Errors and hang-ups are always reported.
 const pollFlags = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 
-// startPolled starts d under the poller and reports whether it could; if not,
-// the caller drives d with a goroutine. The session holds a reference for d
-// that dirDone or unwatch releases. It is called with s.mu held, before
-// teardown can run: teardown then always finds d registered (or not polled),
-// never half way.
+// startPolled starts d under the hybrid driver and reports whether it could;
+// if not, the caller drives d with a goroutine for good. The session holds a
+// reference for d that dirDone or unwatch releases. It is called with s.mu
+// held.
 func (s *Session) startPolled(d *dir) bool {
-	p := &thePoller
-	if d.src.raw == nil || p.init() != nil {
+	if d.src.raw == nil || thePoller.init() != nil {
 		return false
 	}
+	d.readyFn = d.ready
+	d.ev.Store(evRunning)
+	go s.drive(d)
+	return true
+}
+
+// register adds d's socket to the epoll set, armed. It is called with s.mu
+// held, before teardown, so that teardown finds d's token as it is.
+func (s *Session) register(d *dir) error {
+	p := &thePoller
 	p.mu.Lock()
 	var i uint32
 	if k := len(p.free); k > 0 {
@@ -151,13 +173,6 @@ func (s *Session) startPolled(d *dir) bool {
 	}
 	p.mu.Unlock()
 
-	// With bytes from before the session, a goroutine forwards them first;
-	// otherwise nothing runs until the socket is readable.
-	first := evIdle
-	if len(d.pre) > 0 {
-		first = evRunning
-	}
-	d.ev.Store(first)
 	var cerr error
 	err := d.src.raw.Control(func(fd uintptr) {
 		ev := syscall.EpollEvent{Events: pollFlags}
@@ -168,17 +183,12 @@ func (s *Session) startPolled(d *dir) bool {
 		err = cerr
 	}
 	if err != nil {
-		// Not registered, so no event can come: it is ours alone, and
-		// the caller gives it a goroutine.
-		d.ev.Store(evNone)
+		// Not registered, so no event can come.
 		p.unregister(d)
 		d.token = 0
-		return false
+		return err
 	}
-	if first == evRunning {
-		go s.drive(d)
-	}
-	return true
+	return nil
 }
 
 // unregister frees d's slot. It may be called more than once.
@@ -266,31 +276,96 @@ func (s *Session) notify(d *dir) {
 	}
 }
 
-// drive runs d while its socket has something to read, then re-arms it and
-// returns. It owns d until it sets evIdle or evDone.
+// drive runs d on the calling goroutine while its source is busy: it waits
+// for readability on Go's netpoller (pump) with the quiet deadline set. When
+// the source has been quiet for a quiet period, drive parks d and returns;
+// when the source is done, it ends d. It owns d until it sets evIdle or
+// evDone.
 func (s *Session) drive(d *dir) {
 	if len(d.pre) > 0 {
 		d.bytes += int64(len(d.pre))
 		s.feed(d, d.pre, time.Now())
 		d.pre = nil
 	}
+	s.setQuiet(d, time.Now())
 	for {
-		err := s.drain(d)
+		err := s.pump(d)
 		if err == nil {
-			err = s.arm(d)
+			continue
 		}
-		if err != nil {
-			s.sourceDone(d, err)
-			s.dirDone(d)
-			return
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			var parked bool
+			if parked, err = s.settle(d); parked {
+				return // from here on d may run on another goroutine
+			}
+			if err == nil {
+				continue
+			}
 		}
-		if d.ev.CompareAndSwap(evRunning, evIdle) {
-			return // from here on d may run on another goroutine
-		}
-		// Reported readable while we ran: that report used up the
-		// arming, so read again.
-		d.ev.Store(evRunning)
+		s.sourceDone(d, err)
+		s.dirDone(d)
+		return
 	}
+}
+
+// setQuiet starts a quiet period for d at now: the read deadline is its end.
+func (s *Session) setQuiet(d *dir, now time.Time) {
+	d.seen = d.bytes
+	at := now.Add(s.quiet)
+	d.rdl = int64(at.Sub(s.start))
+	d.src.conn.SetReadDeadline(at)
+}
+
+// settle runs when d's quiet deadline has passed. If bytes came since the
+// last look, or wait in the socket (d was held up in a write or a limiter
+// wait, not quiet), d keeps its goroutine for another period. Otherwise it
+// parks. It returns an error when d cannot go on: the session is ending.
+func (s *Session) settle(d *dir) (parked bool, err error) {
+	if d.bytes != d.seen || s.readable(d) {
+		s.setQuiet(d, time.Now())
+		return false, nil
+	}
+	return s.park(d)
+}
+
+// readable reports whether d's source socket has something to read (or an
+// error, or the end of the stream) without reading it. A closed connection
+// counts as readable: the read that follows reports it.
+func (s *Session) readable(d *dir) bool {
+	r := true
+	d.src.raw.Control(func(fd uintptr) { r = d.ready(fd) })
+	return r
+}
+
+// park arms d's registration and lets go of d, unless readiness was
+// reported while it armed: then d goes on running (the report used up the
+// arming). It is done under s.mu, so that it comes either wholly before
+// teardown (which then finds d registered or not, never half way) or not at
+// all: once the session is torn, d ends instead.
+func (s *Session) park(d *dir) (parked bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.torn {
+		return false, net.ErrClosed // teardown closes the connections
+	}
+	if d.token == 0 {
+		if err := s.register(d); err != nil {
+			// The socket cannot be polled: d keeps its goroutine for
+			// good, and needs no quiet deadline any more.
+			d.ev.Store(evNone)
+			d.rdl = 0
+			d.src.conn.SetReadDeadline(time.Time{})
+			return false, nil
+		}
+	} else if err := s.arm(d); err != nil {
+		return false, err
+	}
+	if d.ev.CompareAndSwap(evRunning, evIdle) {
+		return true, nil
+	}
+	d.ev.Store(evRunning)
+	s.setQuiet(d, time.Now())
+	return false, nil
 }
 
 // arm re-arms d's registration for one more report.
@@ -322,7 +397,9 @@ func (d *dir) deregister() {
 
 // dirDone ends d after its source is finished, from d's own goroutine.
 func (s *Session) dirDone(d *dir) {
-	d.deregister()
+	if d.token != 0 {
+		d.deregister()
+	}
 	d.ev.Store(evDone)
 	s.release()
 }
@@ -338,99 +415,5 @@ func (s *Session) unwatch(d *dir) {
 	d.deregister()
 	if d.ev.CompareAndSwap(evIdle, evDone) {
 		s.release()
-	}
-}
-
-// drain reads d's source until it would block and feeds what comes, with a
-// pooled buffer that it gives back before returning. It returns nil when the
-// socket is empty, or the read error (io.EOF at the end of the stream).
-func (s *Session) drain(d *dir) error {
-	rb := bufPool.Get().(*readBuf)
-	defer bufPool.Put(rb)
-	buf := rb.b
-	if d.readCap > 0 && d.readCap < len(buf) {
-		buf = buf[:d.readCap]
-	}
-	src := d.src
-	if src.tls {
-		return s.drainTLS(d, buf)
-	}
-	for {
-		n, err := rb.readRaw(src, buf)
-		if n > 0 {
-			d.bytes += int64(n)
-			s.feed(d, buf[:n], time.Now())
-		}
-		if err == errWouldBlock {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// drainTLS is drain for a TLS source: the first read may block until a whole
-// record is there (epoll saw only that the socket is readable), then the
-// records crypto/tls holds already are read with a deadline in the past,
-// which never touches the socket.
-func (s *Session) drainTLS(d *dir, buf []byte) error {
-	src := d.src
-	poll := false
-	for {
-		if poll {
-			src.conn.SetReadDeadline(aLongTimeAgo)
-		}
-		n, err := src.conn.Read(buf)
-		if poll {
-			src.conn.SetReadDeadline(time.Time{})
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return nil
-			}
-		}
-		if n > 0 {
-			d.bytes += int64(n)
-			s.feed(d, buf[:n], time.Now())
-		}
-		if err != nil {
-			return err
-		}
-		poll = true
-	}
-}
-
-// errWouldBlock is readRaw's word for an empty socket.
-var errWouldBlock = errors.New("splice: read would block")
-
-// readRaw reads once from p's socket without blocking.
-func (rb *readBuf) readRaw(p *peer, buf []byte) (int, error) {
-	rb.p = buf
-	if err := p.raw.Read(rb.readFn); err != nil {
-		return 0, err
-	}
-	n, errno := rb.n, rb.errno
-	rb.p, rb.n, rb.errno = nil, 0, nil
-	switch {
-	case errno == syscall.EAGAIN:
-		return 0, errWouldBlock
-	case errno != nil:
-		return 0, &net.OpError{Op: "read", Net: p.conn.LocalAddr().Network(),
-			Source: p.conn.LocalAddr(), Addr: p.conn.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
-	case n == 0 && len(buf) > 0:
-		return 0, io.EOF
-	}
-	return n, nil
-}
-
-// read is the callback readRaw passes to syscall.RawConn.Read: one
-// non-blocking read(2). It returns true whatever happened, so RawConn.Read
-// never waits.
-func (rb *readBuf) read(fd uintptr) bool {
-	for {
-		n, err := syscall.Read(int(fd), rb.p)
-		if err != syscall.EINTR {
-			rb.n, rb.errno = max(n, 0), err
-			return true
-		}
 	}
 }

@@ -44,6 +44,20 @@ const DefaultWriteTimeout = 30 * time.Second
 // once a close frame was sent or received, or one side went away.
 const closeGrace = time.Second
 
+// quietPeriod is how long a direction's source may stay without bytes before
+// the direction lets go of its goroutine and parks (on Linux; see
+// poll_linux.go). A park and the wake-up that follows cost a few microseconds
+// (an epoll_ctl, a poller wake-up, a goroutine start, a deadline change),
+// against the few KiB of a goroutine that waits. With a second, a direction
+// parks at most once a second, so even one that sends just too rarely to stay
+// on its goroutine spends a negligible share of a core on parking, and any
+// stream of a message a second or more never parks; a session quiet for
+// longer (most sessions, between the heartbeats of typical applications)
+// holds no goroutine. Much shorter periods would make low-rate streams park
+// and wake for every message; much longer ones keep goroutines of sessions
+// that have gone quiet.
+const quietPeriod = time.Second
+
 // hurryWriteTimeout bounds the courtesy close frames written when Run's
 // context ends.
 const hurryWriteTimeout = 100 * time.Millisecond
@@ -180,9 +194,10 @@ type Session struct {
 	c2b, b2c        dir
 
 	start      time.Time
-	lastActive atomic.Int64 // nanoseconds since start of the last forwarded write
-	closing    atomic.Bool  // a close is under way: limits no longer apply
-	hurry      atomic.Bool  // Run's context ended: writes get hurryWriteTimeout
+	quiet      time.Duration // a direction parks after this long without bytes: quietPeriod (tests shorten it)
+	lastActive atomic.Int64  // nanoseconds since start of the last forwarded write
+	closing    atomic.Bool   // a close is under way: limits no longer apply
+	hurry      atomic.Bool   // Run's context ended: writes get hurryWriteTimeout
 	pingSeq    atomic.Uint32
 	pingSent   atomic.Uint32 // sequence number of the last ping written
 	pongGot    atomic.Uint32 // sequence number of the last ping answered
@@ -226,7 +241,7 @@ func New(client net.Conn, clientBuffered []byte, backend net.Conn, backendBuffer
 	if opt.WriteTimeout <= 0 {
 		opt.WriteTimeout = DefaultWriteTimeout
 	}
-	s := &Session{opt: opt}
+	s := &Session{opt: opt, quiet: quietPeriod}
 	if opt.MessagesPerSecond > 0 || opt.BytesPerSecond > 0 {
 		s.lim = ratelimit.NewStream(ratelimit.StreamLimits{
 			MessagesPerSecond: opt.MessagesPerSecond,
@@ -411,9 +426,9 @@ func (s *Session) pump(d *dir) error {
 			return err
 		}
 	}
-	rb := bufPool.Get().(*readBuf)
-	defer bufPool.Put(rb)
-	buf := rb.b
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
 	if d.readCap > 0 && d.readCap < len(buf) {
 		buf = buf[:d.readCap]
 	}
@@ -428,7 +443,7 @@ func (s *Session) pump(d *dir) error {
 		}
 		n, err := src.conn.Read(buf)
 		if poll {
-			src.conn.SetReadDeadline(time.Time{})
+			src.conn.SetReadDeadline(s.readDeadline(d))
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				return nil
 			}
@@ -448,6 +463,14 @@ func (s *Session) pump(d *dir) error {
 			return nil
 		}
 	}
+}
+
+// readDeadline is d's read deadline: the end of its quiet period, or none.
+func (s *Session) readDeadline(d *dir) time.Time {
+	if d.rdl == 0 {
+		return time.Time{}
+	}
+	return s.start.Add(time.Duration(d.rdl))
 }
 
 // sourceDone handles the end of d's source: EOF, an error, or teardown.

@@ -723,6 +723,7 @@ func TestStart(t *testing.T) {
 	c.SetDeadline(deadline)
 	b.SetDeadline(deadline)
 	s := New(pc, nil, pb, nil, Options{IdleTimeout: time.Hour, PingInterval: time.Hour})
+	s.quiet = 10 * time.Millisecond // the idle session parks soon
 	var calls atomic.Int32
 	done := make(chan Stats, 2)
 	s.Start(context.Background(), func(st Stats) {
