@@ -10,11 +10,13 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/proxy/h1"
 	"github.com/sluice-proxy/sluice/ratelimit"
 )
 
@@ -26,6 +28,39 @@ type Route struct {
 	bal     *balancer
 	ws      *wsRoute         // connection counters, shared with the same-named route of later configs
 	limiter *ratelimit.Keyed // per-client request limit; nil = none
+
+	// For the HTTP/1 path (conn.go): the pooled transport when every
+	// upstream is plain http (nil: the request goes through ReverseProxy),
+	// and the header rules as lists.
+	h1                *h1Transport
+	reqSet, respSet   []headerKV
+	reqDrop, respDrop []string // names removed or replaced
+}
+
+type headerKV struct{ name, value string }
+
+func (r *Route) dropsRequestField(name []byte) bool  { return nameIn(name, r.reqDrop) }
+func (r *Route) dropsResponseField(name []byte) bool { return nameIn(name, r.respDrop) }
+
+func nameIn(name []byte, names []string) bool {
+	for _, n := range names {
+		if h1.EqualFold(name, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// headerLists turns a route's header rules into the lists the HTTP/1 path
+// uses: set entries sorted by name (a stable order on the wire), and every
+// name that must not pass through as it came.
+func headerLists(rules config.HeaderOps) (set []headerKV, drop []string) {
+	for name, v := range rules.Set {
+		set = append(set, headerKV{name, v})
+		drop = append(drop, name)
+	}
+	slices.SortFunc(set, func(a, b headerKV) int { return strings.Compare(a.name, b.name) })
+	return set, append(drop, rules.Remove...)
 }
 
 // Name is the route's name as used in logs and metrics.
@@ -37,10 +72,16 @@ func newRoute(cfg *config.Route, sh *shared, errLog *slog.Logger) *Route {
 	for i, u := range cfg.Upstreams {
 		ups[i] = sh.upstream(u)
 	}
-	r.bal = &balancer{
-		upstreams: ups,
-		transport: sh.transports.get(transportKey{cfg.Timeouts.Connect, cfg.Timeouts.ResponseHeader}),
+	st := sh.transports.get(transportKey{cfg.Timeouts.Connect, cfg.Timeouts.ResponseHeader})
+	r.bal = &balancer{upstreams: ups, transport: st}
+	r.h1 = st.h1
+	for _, u := range ups {
+		if u.url.Scheme != "http" {
+			r.h1 = nil
+		}
 	}
+	r.reqSet, r.reqDrop = headerLists(cfg.Headers.Request)
+	r.respSet, r.respDrop = headerLists(cfg.Headers.Response)
 	r.rp = &httputil.ReverseProxy{
 		Rewrite:       r.rewrite,
 		Transport:     r.bal,

@@ -51,6 +51,12 @@ var (
 	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
 )
 
+// takeReader lends pc a reader only: the HTTP/1 path writes directly.
+func (pc *h1Conn) takeReader() {
+	pc.br = h1Readers.Get().(*bufio.Reader)
+	pc.br.Reset(pc.c)
+}
+
 func (pc *h1Conn) takeBuffers() {
 	pc.br = h1Readers.Get().(*bufio.Reader)
 	pc.br.Reset(pc.c)
@@ -94,7 +100,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		addr += ":80"
 	}
 	for {
-		pc, reused := t.get(addr)
+		pc, reused := t.get(addr, false)
 		if pc == nil {
 			c, err := t.dialer.DialContext(req.Context(), "tcp", addr)
 			if err != nil {
@@ -210,7 +216,8 @@ func (t *h1Transport) release(ctx context.Context, pc *h1Conn, keep bool) {
 }
 
 // get returns an idle connection to addr that is still open, or nil.
-func (t *h1Transport) get(addr string) (*h1Conn, bool) {
+// trust says the request can be resent if the connection turns out dead.
+func (t *h1Transport) get(addr string, trust bool) (*h1Conn, bool) {
 	now := time.Now()
 	for {
 		t.mu.Lock()
@@ -223,12 +230,21 @@ func (t *h1Transport) get(addr string) (*h1Conn, bool) {
 		list[len(list)-1] = nil
 		t.idle[addr] = list[:len(list)-1]
 		t.mu.Unlock()
-		if now.Sub(pc.idleSince) < h1IdleTimeout && peekAlive(pc.c) {
+		idle := now.Sub(pc.idleSince)
+		// For a request that can be resent, a connection back in the
+		// pool for less than freshIdle is taken on trust: a dead one is
+		// caught by resending. Others are looked at first (one more
+		// syscall), since a POST must not meet a connection the
+		// upstream has closed.
+		if trust && idle < freshIdle || idle < h1IdleTimeout && peekAlive(pc.c) {
 			return pc, true
 		}
 		pc.close()
 	}
 }
+
+// freshIdle is how long a pooled connection is reused without checking.
+const freshIdle = time.Second
 
 func (t *h1Transport) put(pc *h1Conn) {
 	pc.dropBuffers()

@@ -74,7 +74,11 @@ func (s *shared) upstream(u *url.URL) *upstream {
 	if up := s.upstreams[key]; up != nil {
 		return up
 	}
-	up := &upstream{url: u, key: key, metrics: s.metrics}
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), map[bool]string{true: "443", false: "80"}[u.Scheme == "https"])
+	}
+	up := &upstream{url: u, key: key, addr: addr, basePath: u.EscapedPath(), metrics: s.metrics}
 	s.upstreams[key] = up
 	return up
 }
@@ -178,7 +182,7 @@ func (h *Handler) Sessions() int { return h.sessions.count() }
 
 // ServeHTTP routes r and forwards it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	x := &exchange{start: now()}
+	x := &exchange{start: now(), method: r.Method, host: r.Host, path: r.URL.Path, remote: r.RemoteAddr}
 	x.rec.ResponseWriter = w
 	x.info.path = cleanPath(r.URL.Path)
 	t := h.table.Load()
@@ -197,7 +201,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !completed && x.info.reason == "" {
 			x.info.reason = "aborted"
 		}
-		h.finish(x, r)
+		h.finish(x)
 	}()
 	switch {
 	case r.Method == http.MethodConnect:
@@ -219,7 +223,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // finish counts the request and writes its access-log record.
-func (h *Handler) finish(x *exchange, r *http.Request) {
+func (h *Handler) finish(x *exchange) {
 	if !x.websocket {
 		name := "none"
 		if x.route != nil {
@@ -227,7 +231,7 @@ func (h *Handler) finish(x *exchange, r *http.Request) {
 		}
 		h.metrics.Request(name, x.rec.status, now().Sub(x.start))
 	}
-	h.logRequest(x, r)
+	h.logRequest(x)
 }
 
 // allow applies the route's per-client rate limit, answering 429 with
@@ -280,14 +284,20 @@ type exchange struct {
 	start  time.Time
 	client netip.Addr // the client's address, from X-Forwarded-For when the peer is trusted
 	route  *Route
-	rec    recorder
-	body   countingBody
-	info   requestInfo
+	// method, host and path are the request's, for the log; on the
+	// HTTP/1 path they point into the connection's buffer and are valid
+	// only until the exchange is logged.
+	method, host, path string
+	remote             string // the peer's address, when client is unknown
+	rec                recorder
+	body               countingBody
+	info               requestInfo
 
 	websocket bool // the request became a WebSocket session, which logs itself
+	finished  bool // accounted for (HTTP/1 path)
 }
 
-func (h *Handler) logRequest(x *exchange, r *http.Request) {
+func (h *Handler) logRequest(x *exchange) {
 	access := h.access.Load()
 	if access == nil {
 		return
@@ -297,10 +307,10 @@ func (h *Handler) logRequest(x *exchange, r *http.Request) {
 	}
 	attrs := make([]slog.Attr, 0, 12)
 	attrs = append(attrs,
-		slog.String("client", x.clientString(r)),
-		slog.String("method", r.Method),
-		slog.String("host", r.Host),
-		slog.String("path", r.URL.Path),
+		slog.String("client", x.clientString()),
+		slog.String("method", x.method),
+		slog.String("host", x.host),
+		slog.String("path", x.path),
 		slog.Int("status", x.rec.status),
 		slog.Int64("bytes_in", x.body.n),
 		slog.Int64("bytes_out", x.rec.written),
@@ -322,7 +332,7 @@ func (h *Handler) logRequest(x *exchange, r *http.Request) {
 		}
 		attrs = append(attrs, slog.String("error", errText))
 	}
-	access.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+	access.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 }
 
 // logSession writes the access record of a WebSocket session when it ends.
@@ -355,11 +365,11 @@ func (h *Handler) logSession(access *slog.Logger, rec *sessionRecord, st *splice
 	access.LogAttrs(context.Background(), slog.LevelInfo, "websocket", attrs...)
 }
 
-func (x *exchange) clientString(r *http.Request) string {
+func (x *exchange) clientString() string {
 	if x.client.IsValid() {
 		return x.client.String()
 	}
-	return clientIP(r.RemoteAddr)
+	return clientIP(x.remote)
 }
 
 // clientAddr returns the address of the client: the peer, or, when the

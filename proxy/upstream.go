@@ -22,6 +22,8 @@ const downFor = 10 * time.Second
 type upstream struct {
 	url       *url.URL
 	key       string       // url.String(), for logs
+	addr      string       // host:port to dial
+	basePath  string       // the URL's escaped path, joined before each request's
 	downUntil atomic.Int64 // unix nanoseconds; 0 = up
 	metrics   *metrics.Metrics
 }
@@ -151,7 +153,7 @@ func (st *schemeTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	return st.https.RoundTrip(req)
 }
 
-func (t *transports) get(k transportKey) http.RoundTripper {
+func (t *transports) get(k transportKey) *schemeTransport {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if tr := t.m[k]; tr != nil {

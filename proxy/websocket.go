@@ -97,7 +97,7 @@ func (h *Handler) serveWebSocket(x *exchange, r *http.Request) {
 		plainError(&x.rec, http.StatusBadRequest, "websocket upgrade needs HTTP/1.1")
 		return
 	}
-	ip := x.clientString(r)
+	ip := x.clientString()
 	if !x.route.ws.acquire(ip, ws.MaxConnections, ws.MaxConnectionsPerIP) {
 		x.info.reason = "websocket_connection_limit"
 		x.rec.Header().Set("Retry-After", "1")
@@ -339,9 +339,12 @@ func (h *Handler) splice(x *exchange, r *http.Request, ip string, backend net.Co
 	h.sessions.attach(sess)
 	h.metrics.SessionStarted(x.route.cfg.Name)
 	started = true
-	go h.runSession(sess, rec)
+	h.launch(sess, rec)
 	return true
 }
+
+// launch runs a registered session until it ends.
+func (h *Handler) launch(sess *splice.Session, rec *sessionRecord) { go h.runSession(sess, rec) }
 
 // sessionRecord is what a running session keeps of its request.
 type sessionRecord struct {

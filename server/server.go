@@ -5,7 +5,9 @@
 package server
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -21,9 +23,6 @@ import (
 	"github.com/sluice-proxy/sluice/metrics"
 	"github.com/sluice-proxy/sluice/proxy"
 )
-
-// maxHeaderBytes caps request headers (SPEC: 1 MiB).
-const maxHeaderBytes = 1 << 20
 
 // Options are a Server's collaborators.
 type Options struct {
@@ -56,13 +55,36 @@ type Server struct {
 	memoryDone chan struct{}
 }
 
-// listener is one bound address and the http.Server on it.
+// listener is one bound address and what serves it: sluice's own HTTP/1
+// server on the public listeners (with net/http's HTTP/2 server behind
+// the TLS one), net/http on the admin listener.
 type listener struct {
 	name string
 	addr string // as configured
 	ln   net.Listener
-	srv  *http.Server
-	done chan struct{} // closed when Serve has returned
+	srv  *http.Server      // admin, and HTTP/2 on https
+	cs   *proxy.ConnServer // http and https
+	h2   *chanListener     // feeds srv the connections that chose h2
+	done chan struct{}     // closed when Serve has returned
+}
+
+// shutdown stops the listener gracefully within ctx, then closes what is
+// left.
+func (l *listener) shutdown(ctx context.Context) error {
+	var err error
+	if l.cs != nil {
+		err = l.cs.Shutdown(ctx)
+	}
+	if l.srv != nil {
+		if e := l.srv.Shutdown(ctx); e != nil {
+			l.srv.Close()
+			err = cmp.Or(err, e)
+		}
+	}
+	if l.h2 != nil {
+		l.h2.Close()
+	}
+	return err
 }
 
 // New prepares a Server for cfg without binding anything.
@@ -170,36 +192,56 @@ func bindAll(addrs map[string]string) (map[string]net.Listener, error) {
 	return bound, nil
 }
 
-// serve starts an http.Server for the named listener on ln.
+// serve starts serving the named listener on ln.
 func (s *Server) serve(name, addr string, ln net.Listener) {
-	t := s.cfg.Timeouts
-	srv := &http.Server{
-		Handler:           s.listenerHandler(name),
-		ReadHeaderTimeout: t.ReadHeader,
-		IdleTimeout:       t.Idle,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-		// No WriteTimeout: it would cut SSE streams and WebSocket sessions.
-	}
-	tlsOn := name == "https"
-	if tlsOn {
-		_, port, _ := net.SplitHostPort(ln.Addr().String())
-		s.httpsPort.Store(port)
-		srv.TLSConfig = s.certs.tlsConfig()
-		srv.ErrorLog = s.certs.errorLog()
-	}
-	l := &listener{name: name, addr: addr, ln: ln, srv: srv, done: make(chan struct{})}
+	l := &listener{name: name, addr: addr, ln: ln, done: make(chan struct{})}
 	s.listeners[name] = l
 	s.log.Info("listening", "listener", name, "addr", ln.Addr().String())
+	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)
+	var run func() error
+	switch name {
+	case "admin":
+		t := s.cfg.Timeouts
+		l.srv = &http.Server{
+			Handler:           s.adminHandler(),
+			ReadHeaderTimeout: t.ReadHeader,
+			IdleTimeout:       t.Idle,
+			MaxHeaderBytes:    proxy.MaxHeaderBytes,
+			ErrorLog:          errLog,
+		}
+		run = func() error { return l.srv.Serve(ln) }
+	case "https":
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		s.httpsPort.Store(port)
+		// HTTP/2 clients go to net/http's server, which sets up h2 for
+		// the *tls.Conns it is handed.
+		l.h2 = newChanListener(ln.Addr())
+		l.srv = &http.Server{
+			Handler:           http.HandlerFunc(s.serveHTTPS),
+			ReadHeaderTimeout: s.cfg.Timeouts.ReadHeader,
+			IdleTimeout:       s.cfg.Timeouts.Idle,
+			MaxHeaderBytes:    proxy.MaxHeaderBytes,
+			ErrorLog:          s.certs.errorLog(),
+		}
+		go l.srv.Serve(l.h2)
+		l.cs = s.handler.NewConnServer(proxy.ConnOptions{
+			TLS:         true,
+			ExtraHeader: s.appendHSTS,
+			H2:          func(c *tls.Conn) { l.h2.deliver(c) },
+			Logger:      s.log,
+		})
+		tlsConfig := s.certs.tlsConfig()
+		run = func() error { return l.cs.Serve(ln, tlsConfig) }
+	default:
+		l.cs = s.handler.NewConnServer(proxy.ConnOptions{
+			Fallback: s.plainFallback,
+			Logger:   s.log,
+		})
+		run = func() error { return l.cs.Serve(ln, nil) }
+	}
 	go func() {
 		defer close(l.done)
-		var err error
-		if tlsOn {
-			// ServeTLS (not Serve on a TLS listener) also sets up HTTP/2.
-			err = srv.ServeTLS(ln, "", "")
-		} else {
-			err = srv.Serve(ln)
-		}
+		err := run()
 		if !errors.Is(err, http.ErrServerClosed) {
 			select {
 			case s.errc <- fmt.Errorf("listener %s on %s: %w", name, addr, err):
@@ -209,32 +251,32 @@ func (s *Server) serve(name, addr string, ln net.Listener) {
 	}()
 }
 
-// listenerHandler is what each listener serves. The handlers look up the
-// current configuration on every request, so a reload needs no new servers.
-func (s *Server) listenerHandler(name string) http.Handler {
-	switch name {
-	case "admin":
-		return s.adminHandler()
-	case "https":
-		return http.HandlerFunc(s.serveHTTPS)
-	}
-	return http.HandlerFunc(s.servePlain)
-}
-
-// servePlain serves the plain-HTTP listener: the proxy itself when TLS is
-// off; otherwise ACME challenges, and a redirect to https for the rest.
-func (s *Server) servePlain(w http.ResponseWriter, r *http.Request) {
-	cfg := s.handler.Config()
-	if cfg.TLS.Mode == config.TLSOff {
-		s.handler.ServeHTTP(w, r)
-		return
+// plainFallback serves the plain listener when TLS is on: ACME challenges,
+// and a redirect to https for everything else.
+func (s *Server) plainFallback() http.Handler {
+	if s.handler.Config().TLS.Mode == config.TLSOff {
+		return nil
 	}
 	port, _ := s.httpsPort.Load().(string)
-	s.certs.httpHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return s.certs.httpHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		redirectToHTTPS(w, r, port)
-	})).ServeHTTP(w, r)
+	}))
 }
 
+// appendHSTS adds Strict-Transport-Security to https responses when
+// tls.hsts is set.
+func (s *Server) appendHSTS(b []byte) []byte {
+	hsts := s.handler.Config().TLS.HSTS
+	if hsts <= 0 {
+		return b
+	}
+	b = append(b, "Strict-Transport-Security: max-age="...)
+	b = strconv.AppendInt(b, int64(hsts/time.Second), 10)
+	return append(b, "\r\n"...)
+}
+
+// serveHTTPS serves HTTP/2 requests on the https listener (HTTP/1 ones
+// go through the ConnServer, which adds HSTS itself).
 func (s *Server) serveHTTPS(w http.ResponseWriter, r *http.Request) {
 	if hsts := s.handler.Config().TLS.HSTS; hsts > 0 {
 		w.Header().Set("Strict-Transport-Security", "max-age="+strconv.FormatInt(int64(hsts/time.Second), 10))
@@ -319,10 +361,6 @@ func (s *Server) Reload(cfg *config.Config) (err error) {
 	if s.opts.Level != nil {
 		s.opts.Level.Set(cfg.Log.Level)
 	}
-	if t := s.cfg.Timeouts; t.ReadHeader != cfg.Timeouts.ReadHeader || t.Idle != cfg.Timeouts.Idle {
-		// An http.Server's timeouts cannot change while it serves.
-		s.log.Warn("timeouts.read_header and timeouts.idle apply to listeners opened from now on; restart to apply them to unchanged listeners")
-	}
 	s.cfg = cfg
 	// Close listeners that moved or went away, gracefully: their
 	// in-flight requests finish; new connections go to the new address.
@@ -342,9 +380,7 @@ func (s *Server) Reload(cfg *config.Config) (err error) {
 func (s *Server) closeListener(l *listener, grace time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	if err := l.srv.Shutdown(ctx); err != nil {
-		l.srv.Close()
-	}
+	l.shutdown(ctx)
 	<-l.done
 	s.log.Info("stopped listening", "listener", l.name, "addr", l.addr)
 }
@@ -373,8 +409,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if l == nil {
 			continue
 		}
-		if err := l.srv.Shutdown(ctx); err != nil {
-			l.srv.Close()
+		if err := l.shutdown(ctx); err != nil {
 			if firstErr == nil {
 				firstErr = fmt.Errorf("listener %s: in-flight requests cut off: %w", name, err)
 			}

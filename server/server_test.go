@@ -120,6 +120,23 @@ routes:
 		t.Fatalf("TLS version %x", v)
 	}
 
+	// HTTP/1.1 over TLS goes through sluice's own HTTP/1 server: same
+	// answer, same HSTS.
+	h1Client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &cryptotls.Config{RootCAs: roots, NextProtos: []string{"http/1.1"}},
+		DialContext:     client.Transport.(*http.Transport).DialContext,
+	}}
+	defer h1Client.CloseIdleConnections()
+	resp, err = h1Client.Get("https://localhost:" + httpsPort + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "hello" || resp.ProtoMajor != 1 || resp.Header.Get("Strict-Transport-Security") != "max-age=86400" {
+		t.Fatalf("HTTP/1.1: got %d %q over %s, HSTS %q", resp.StatusCode, body, resp.Proto, resp.Header.Get("Strict-Transport-Security"))
+	}
+
 	req, _ := http.NewRequest("GET", "http://"+s.Addr("http")+"/a/b?c=d", nil)
 	req.Host = "localhost"
 	resp, err = client.Do(req)
