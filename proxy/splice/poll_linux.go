@@ -28,7 +28,10 @@ import (
 // if so, the deadline moves on by a quiet period. A busy direction therefore
 // pays one deadline change a period, and never an epoll_ctl or a wake-up of
 // the poller. A direction parks between one and two quiet periods after its
-// last byte.
+// last byte. The deadline can also fail a read that follows a readiness
+// report; drive treats that like a passed deadline, and nothing is lost: the
+// bytes stay in the socket, and crypto/tls keeps a partial record across a
+// timeout (it is a temporary error), as pump's TLS polling relies on too.
 //
 // Why a goroutine per wake-up rather than a fixed pool of workers: a
 // direction may block for up to WriteTimeout writing to a slow peer, or in a
