@@ -176,6 +176,9 @@ func FuzzSplice(f *testing.F) {
 		b.SetDeadline(deadline)
 
 		s := New(pc, nil, pb, nil, Options{})
+		if *testQuiet > 0 {
+			s.quiet = *testQuiet
+		}
 		done := make(chan Stats, 1)
 		go func() { done <- s.Run(context.Background()) }()
 		backend := backendPeer(b)
