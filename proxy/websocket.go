@@ -343,8 +343,11 @@ func (h *Handler) splice(x *exchange, r *http.Request, ip string, backend net.Co
 	return true
 }
 
-// launch runs a registered session until it ends.
-func (h *Handler) launch(sess *splice.Session, rec *sessionRecord) { go h.runSession(sess, rec) }
+// launch starts a registered session; sessionEnded accounts for it when it
+// is over. No goroutine waits for it: an idle session holds none.
+func (h *Handler) launch(sess *splice.Session, rec *sessionRecord) {
+	sess.Start(context.Background(), func(st splice.Stats) { h.sessionEnded(sess, rec, &st) })
+}
 
 // sessionRecord is what a running session keeps of its request.
 type sessionRecord struct {
@@ -354,10 +357,10 @@ type sessionRecord struct {
 	method, host, path string
 }
 
-// runSession splices until the session ends, then accounts for it. The
-// session registry owns this goroutine: CloseSessions ends it and waits.
-func (h *Handler) runSession(sess *splice.Session, rec *sessionRecord) {
-	st := sess.Run(context.Background())
+// sessionEnded accounts for a session that is over. It runs on the
+// session's last goroutine; the session registry counts the session until
+// it returns, so CloseSessions waits for it.
+func (h *Handler) sessionEnded(sess *splice.Session, rec *sessionRecord, st *splice.Stats) {
 	rec.route.ws.release(rec.ip)
 	h.metrics.SessionEnded(rec.route.cfg.Name, metrics.Session{
 		FramesIn: st.FramesIn, FramesOut: st.FramesOut, BytesIn: st.BytesIn, BytesOut: st.BytesOut,
@@ -366,7 +369,7 @@ func (h *Handler) runSession(sess *splice.Session, rec *sessionRecord) {
 	// Log before deregistering: shutdown waits for the registry to empty
 	// and then closes the access log.
 	if access := h.access.Load(); access != nil {
-		h.logSession(access, rec, &st)
+		h.logSession(access, rec, st)
 	}
 	h.sessions.remove(sess)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -154,4 +155,40 @@ func BenchmarkHeader(b *testing.B) {
 		}
 	})
 	_ = sink
+}
+
+// BenchmarkEcho measures one round trip of a 64-byte message through a
+// session over loopback TCP: the client sends, the backend reads it and
+// answers with a message of its own, the client reads that. Unlike
+// BenchmarkSplice nothing is pipelined, so every message pays the full
+// wake-up path of both directions, as an echo load does.
+func BenchmarkEcho(b *testing.B) {
+	c, pc := tcpPair(b)
+	bk, pb := tcpPair(b)
+	s := New(pc, nil, pb, nil, Options{})
+	done := make(chan Stats, 1)
+	go func() { done <- s.Run(context.Background()) }()
+	in := cframe(opBinary, payloadOf(64))
+	out := bframe(opBinary, payloadOf(64))
+	buf := make([]byte, len(in))
+	b.SetBytes(int64(len(in) + len(out)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Write(in); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(bk, buf[:len(in)]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := bk.Write(out); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf[:len(out)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	c.Close()
+	bk.Close()
+	<-done
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -32,7 +33,7 @@ type action uint8
 const (
 	actForward action = iota // its header went, or is going, to dst; its payload follows
 	actDrop                  // it does not go to dst
-	actHold                  // its header and first holdN payload bytes wait in hold for a decision
+	actHold                  // its header and first holdN payload bytes wait in hold for a decision (or for the first payload byte)
 )
 
 // dir is one direction of a session: src's frames go to dst. It is a parser
@@ -42,14 +43,19 @@ const (
 // inspection (a close code, a pong that may answer the proxy's ping).
 //
 // The state is here, not on a goroutine's stack, so that feed can be driven by
-// anything that has bytes from src: today a goroutine per direction, later
-// perhaps an event loop.
+// anything that has bytes from src: on Linux a goroutine while src is busy and
+// none while it is quiet (see poll_linux.go), elsewhere, and for sources
+// without a socket, a goroutine per direction that lives as long as it.
 type dir struct {
 	src, dst *peer
-	state    ws.State // how src's frames are checked; StateFragmented comes from msgOpen
-	pre      []byte   // bytes read before the session began, handled first
-	readCap  int      // read at most this much at once; 0 = a whole buffer
-	readyFn  func(fd uintptr) bool
+	state    ws.State              // how src's frames are checked; StateFragmented comes from msgOpen
+	pre      []byte                // bytes read before the session began, handled first
+	readCap  int                   // read at most this much at once; 0 = a whole buffer
+	readyFn  func(fd uintptr) bool // the readiness probe pump waits with; made when d starts
+	token    uint64                // the poller's registration; 0 = never parked
+	ev       atomic.Int32          // the hybrid driver's state (evNone and so on)
+	rdl      int64                 // src's read deadline (the end of the quiet period), in nanoseconds since Start; 0 = none
+	seen     int64                 // bytes when the quiet period began
 
 	h            ws.Header // current frame
 	remain       int64     // its payload bytes still to come
@@ -71,9 +77,6 @@ type dir struct {
 
 func (d *dir) init(src, dst *peer, pre []byte, st ws.State) {
 	d.src, d.dst, d.pre, d.state = src, dst, pre, st
-	if src.raw != nil {
-		d.readyFn = d.ready
-	}
 }
 
 // cursor walks one chunk of bytes read from src. p[run:i] are bytes to be
@@ -172,6 +175,16 @@ func (s *Session) header(d *dir, c *cursor) {
 			d.act, d.holdN = actHold, pingLen
 		}
 	}
+	if d.act == actForward && d.remain > 0 && c.i == len(c.p) && !d.chargeChunks {
+		// No payload byte came with the header: keep the header until one
+		// does. Forwarded alone, it would leave dst inside a frame, and if
+		// src went away now (a writer that sends header and payload in two
+		// writes, as gobwas/ws does, killed between them), dst could get no
+		// close frame, only a TCP close. Held, it is dropped and dst gets
+		// its close code (1014 to the client). Frames charged to the byte
+		// bucket as they stream are left alone: the held byte would not be.
+		d.act, d.holdN = actHold, 1
+	}
 	switch d.act {
 	case actForward:
 		d.dstMid = d.remain > 0
@@ -239,7 +252,7 @@ func (s *Session) decideHeld(d *dir, c *cursor) {
 	fwd := true
 	switch d.h.OpCode {
 	case ws.OpPong:
-		if [4]byte(u[:4]) == pingMagic {
+		if n == pingLen && [4]byte(u[:4]) == pingMagic {
 			fwd = false // answers the proxy's ping: the backend never sent it
 			if seq := binary.BigEndian.Uint32(u[4:]); seq == s.pingSent.Load() {
 				s.pongGot.Store(seq)

@@ -25,9 +25,10 @@ const (
 // backend must receive verbatim, how the stream ends, and whether it ends
 // inside a frame whose header was forwarded.
 //
-// The session forwards a frame's header as soon as it is complete and
-// checked, and its payload as it arrives; it holds back only an incomplete
-// header, and a close frame until its two code bytes are there.
+// The session forwards a frame's header as soon as it is complete, checked
+// and followed by a payload byte (or has no payload), and its payload as it
+// arrives; it holds back an incomplete header, a header whose payload has
+// not begun, and a close frame until its two code bytes are there.
 func reference(data []byte) (fwd int, end streamEnd, mid bool) {
 	i, open := 0, false
 	for {
@@ -83,6 +84,9 @@ func reference(data []byte) (fwd int, end streamEnd, mid bool) {
 			open = !fin
 		}
 		if avail < n {
+			if avail == 0 {
+				return i, endEOF, false // the header waits for its payload
+			}
 			return len(data), endEOF, true
 		}
 		i += hl + int(n)
@@ -172,6 +176,9 @@ func FuzzSplice(f *testing.F) {
 		b.SetDeadline(deadline)
 
 		s := New(pc, nil, pb, nil, Options{})
+		if *testQuiet > 0 {
+			s.quiet = *testQuiet
+		}
 		done := make(chan Stats, 1)
 		go func() { done <- s.Run(context.Background()) }()
 		backend := backendPeer(b)
@@ -253,6 +260,7 @@ func TestReference(t *testing.T) {
 		{data: ok, fwd: len(ok)},
 		{data: cat(ok, ok[:1]), fwd: len(ok)},
 		{data: cat(ok, ok[:7]), fwd: len(ok) + 7, mid: true},
+		{data: cat(ok, ok[:6]), fwd: len(ok)},
 		{data: cat(ok, bframe(opText, nil)), fwd: len(ok), end: endInvalid},
 		{data: cat(ok, cframe(opClose, nil), ok), fwd: 2*len(ok) - 2, end: endClose},
 		{data: cframe(opClose, closeBody(1000, "x"))[:7]},

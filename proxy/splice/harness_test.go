@@ -2,9 +2,11 @@ package splice
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
+	"flag"
 	"io"
 	"net"
 	"os"
@@ -138,10 +140,16 @@ type rig struct {
 type rigConfig struct {
 	opt                             Options
 	clientBuffered, backendBuffered []byte
-	pair                            transport // default tcpPair
-	clientPair                      transport // overrides pair for the client side
-	noRun                           bool      // the test calls run itself
+	pair                            transport     // default tcpPair
+	clientPair                      transport     // overrides pair for the client side
+	noRun                           bool          // the test calls run itself
+	quiet                           time.Duration // the session's quiet period; 0 = -splice.quiet, else quietPeriod
 }
+
+// testQuiet shortens the quiet period of every rig's session: with a few
+// milliseconds, directions park and wake all through the tests, which then
+// check the hybrid driver's transitions against everything else.
+var testQuiet = flag.Duration("splice.quiet", 0, "quiet period of the tests' sessions (0 = quietPeriod)")
 
 // newRig starts a session and registers its end: test conns closed, Run
 // returned, and the goroutine count back where it was.
@@ -165,6 +173,9 @@ func newRig(t *testing.T, cfg rigConfig) *rig {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &rig{client: c, backend: b, done: make(chan Stats, 2), cancel: cancel}
 	r.s = New(pc, cfg.clientBuffered, pb, cfg.backendBuffered, cfg.opt)
+	if q := cmp.Or(cfg.quiet, *testQuiet); q > 0 {
+		r.s.quiet = q
+	}
 	t.Cleanup(func() {
 		c.Close()
 		b.Close()

@@ -97,6 +97,10 @@ func (s *Session) send(p *peer, b []byte, boundary, closes bool, now time.Time) 
 	}
 	p.wmu.Unlock()
 	s.afterWrite(p, closedNow, err)
+	if err == nil && boundary && p.hasPending() {
+		// Requested while we held the lock: take it over.
+		s.kick(p)
+	}
 }
 
 // requestClose asks for a close frame with code to go to p as soon as its
@@ -108,6 +112,11 @@ func (s *Session) requestClose(p *peer, code ws.StatusCode, c cause) {
 
 // kick writes p's pending frames if nobody else holds p's writer lock. If
 // somebody does, they will: see peer.
+//
+// Inside a frame nothing can be written, and kick leaves the pending frames
+// to the writer that ends the frame. (It used to try again at once, and with
+// nobody else taking the lock, recursed until the frame ended: a ping due
+// while a peer paused mid-frame grew a stack without bound.)
 func (s *Session) kick(p *peer) {
 	for p.hasPending() && p.wmu.TryLock() {
 		closedNow, err := s.flushPendingLocked(p, time.Now())
@@ -120,8 +129,7 @@ func (s *Session) kick(p *peer) {
 	}
 }
 
-// afterWrite reports the outcome of writes done under p's lock, and takes
-// over any frames that became pending meanwhile.
+// afterWrite reports the outcome of writes done under p's lock.
 func (s *Session) afterWrite(p *peer, closedNow bool, err error) {
 	if err != nil {
 		s.writeFailed(p, err)
@@ -129,9 +137,6 @@ func (s *Session) afterWrite(p *peer, closedNow bool, err error) {
 	}
 	if closedNow {
 		s.noteCloseTo(p)
-	}
-	if p.hasPending() {
-		s.kick(p)
 	}
 }
 

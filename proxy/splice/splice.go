@@ -7,12 +7,18 @@
 // RFC 7692 for RSV1), the per-connection limits of the route, idle and ping
 // timers, and the close handshake on both sides.
 //
-// Memory is the design constraint: an idle session holds no payload buffer.
-// Each direction waits for the source socket to become readable without a
-// buffer, then borrows one from a pool, handles every frame in what arrived
-// and gives the buffer back. The per-direction parser state lives in a small
-// struct (see dir), not on a goroutine stack, so that a readiness-driven
-// driver could run the same state machine without goroutines.
+// Memory is the design constraint, and busy sessions must not pay for it. A
+// direction with traffic has a goroutine that waits for its source socket to
+// become readable without holding a buffer, then borrows one from a pool,
+// handles every frame in what arrived, writes it on and gives the buffer back.
+// On Linux a direction quiet for a second gives up its goroutine too: its
+// socket waits in one epoll instance shared by all sessions (poll_linux.go),
+// and the goroutine comes back when it is readable. An idle session then
+// holds no goroutine and no buffer. The per-direction parser state lives in a
+// small struct (see dir), not on a goroutine stack, which is what makes this
+// possible. Timers (idle, ping, close grace) are time.AfterFunc timers, which
+// hold no goroutine while they wait. Elsewhere, and for connections that are
+// not sockets, each direction keeps its goroutine.
 package splice
 
 import (
@@ -39,6 +45,20 @@ const DefaultWriteTimeout = 30 * time.Second
 // closeGrace is how long the session waits for the close handshake to finish
 // once a close frame was sent or received, or one side went away.
 const closeGrace = time.Second
+
+// quietPeriod is how long a direction's source may stay without bytes before
+// the direction lets go of its goroutine and parks (on Linux; see
+// poll_linux.go). A park and the wake-up that follows cost a few microseconds
+// (an epoll_ctl, a poller wake-up, a goroutine start, a deadline change),
+// against the few KiB of a goroutine that waits. With a second, a direction
+// parks at most once a second, so even one that sends just too rarely to stay
+// on its goroutine spends a negligible share of a core on parking, and any
+// stream of a message a second or more never parks; a session quiet for
+// longer (most sessions, between the heartbeats of typical applications)
+// holds no goroutine. Much shorter periods would make low-rate streams park
+// and wake for every message; much longer ones keep goroutines of sessions
+// that have gone quiet.
+const quietPeriod = time.Second
 
 // hurryWriteTimeout bounds the courtesy close frames written when Run's
 // context ends.
@@ -165,8 +185,9 @@ func goneCode(x side) ws.StatusCode {
 
 var errRunTwice = errors.New("splice: Run called twice")
 
-// Session splices one WebSocket connection. Create it with New, run it with
-// Run; Shutdown may be called from any goroutine.
+// Session splices one WebSocket connection. Create it with New, then either
+// Run it (blocking) or Start it (not blocking, with a callback when it is
+// over); Shutdown may be called from any goroutine at any time.
 type Session struct {
 	opt Options
 	lim *ratelimit.Stream // nil: no rate limits
@@ -175,9 +196,10 @@ type Session struct {
 	c2b, b2c        dir
 
 	start      time.Time
-	lastActive atomic.Int64 // nanoseconds since start of the last forwarded write
-	closing    atomic.Bool  // a close is under way: limits no longer apply
-	hurry      atomic.Bool  // Run's context ended: writes get hurryWriteTimeout
+	quiet      time.Duration // a direction parks after this long without bytes: quietPeriod (tests shorten it)
+	lastActive atomic.Int64  // nanoseconds since start of the last forwarded write
+	closing    atomic.Bool   // a close is under way: limits no longer apply
+	hurry      atomic.Bool   // Run's context ended: writes get hurryWriteTimeout
 	pingSeq    atomic.Uint32
 	pingSent   atomic.Uint32 // sequence number of the last ping written
 	pongGot    atomic.Uint32 // sequence number of the last ping answered
@@ -186,21 +208,26 @@ type Session struct {
 	cancel context.CancelFunc // ends ctx at teardown; with lim only
 
 	mu          sync.Mutex
-	running     bool // guarded by mu
-	shutdownReq bool // guarded by mu
-	torn        bool // guarded by mu; tornc is closed when it turns true
-	tornc       chan struct{}
+	running     bool        // guarded by mu
+	shutdownReq bool        // guarded by mu
+	torn        bool        // guarded by mu
+	done        func(Stats) // guarded by mu; Start's callback, called by finish
 	// hs tracks each peer's close handshake: a close frame came from it
 	// (or it is gone) and one went to it (or cannot).
 	hs       [2]struct{ from, to bool } // guarded by mu
 	closedBy string                     // guarded by mu
 	cause    cause                      // guarded by mu
 	err      error                      // guarded by mu
-	// Timers and the context hook. Each armed one holds a count in wg that
+	// Timers and the context hook. Each armed one holds a reference that
 	// its callback releases, or teardown when it stops it first.
 	idle, ping, grace *time.Timer // guarded by mu
 	stopCtx           func() bool // guarded by mu
-	wg                sync.WaitGroup
+	// refs counts what the session must wait for before it is over:
+	// teardown (one, released when both connections are closed), each
+	// direction until it is driven no more, each armed timer and each
+	// helper goroutine. Whoever releases the last one calls finish. No new
+	// reference is taken once teardown has begun, except by holders of one.
+	refs atomic.Int32
 }
 
 // New returns a session that will splice client and backend.
@@ -210,13 +237,13 @@ type Session struct {
 // frames and are forwarded first. New keeps the slices without copying; the
 // caller must not change them until Run returns.
 //
-// The session owns both connections from now on: Run closes them. If Run is
-// never called they stay the caller's to close.
+// The session owns both connections from now on: Run or Start closes them.
+// If neither is called they stay the caller's to close.
 func New(client net.Conn, clientBuffered []byte, backend net.Conn, backendBuffered []byte, opt Options) *Session {
 	if opt.WriteTimeout <= 0 {
 		opt.WriteTimeout = DefaultWriteTimeout
 	}
-	s := &Session{opt: opt, tornc: make(chan struct{})}
+	s := &Session{opt: opt, quiet: quietPeriod}
 	if opt.MessagesPerSecond > 0 || opt.BytesPerSecond > 0 {
 		s.lim = ratelimit.NewStream(ratelimit.StreamLimits{
 			MessagesPerSecond: opt.MessagesPerSecond,
@@ -246,50 +273,89 @@ func New(client net.Conn, clientBuffered []byte, backend net.Conn, backendBuffer
 // returns, both connections are closed and every goroutine it started has
 // returned. Ending ctx ends the session abruptly: close frames with 1001 go
 // to both peers if they can be written at once, then the connections close.
-// Run may be called once.
+// A session may be run once, by Run or Start.
 func (s *Session) Run(ctx context.Context) Stats {
+	c := make(chan Stats, 1)
+	s.Start(ctx, func(st Stats) { c <- st })
+	return <-c
+}
+
+// Start starts the session and returns at once. done is called exactly once,
+// when the session is over: both connections are closed, no timer of the
+// session is pending and every goroutine it started has returned or is
+// returning (done runs on the last of them, and nothing of the session runs
+// after it). done should not block for long: it runs on a goroutine of the
+// session. ctx is as for Run. Called on a session already started, Start
+// calls done at once, on the caller's goroutine, with an error in Stats.Err.
+//
+// Ownership: from Start on, the session owns both connections and closes
+// them; the caller must not read, write or close them, nor change the
+// buffered slices given to New, until done has been called.
+func (s *Session) Start(ctx context.Context, done func(Stats)) {
 	s.mu.Lock()
 	if s.running || s.torn {
 		s.mu.Unlock()
-		return Stats{Err: errRunTwice}
+		done(Stats{Err: errRunTwice})
+		return
 	}
 	s.running = true
+	s.done = done
 	s.start = time.Now()
+	s.refs.Add(1) // teardown's
 	if s.lim != nil {
 		s.ctx, s.cancel = context.WithCancel(ctx)
 	}
 	if ctx.Done() != nil {
-		s.wg.Add(1)
+		s.refs.Add(1)
 		s.stopCtx = context.AfterFunc(ctx, s.onCancel)
 	}
 	if d := s.opt.IdleTimeout; d > 0 {
-		s.wg.Add(1)
+		s.refs.Add(1)
 		s.idle = time.AfterFunc(d, s.onIdle)
 	}
 	if d := s.opt.PingInterval; d > 0 {
-		s.wg.Add(1)
+		s.refs.Add(1)
 		s.ping = time.AfterFunc(d, s.onPing)
 	}
 	if s.shutdownReq {
 		s.spawnShutdownLocked()
 	}
-	s.wg.Add(1)
+	// The directions start under mu, so that a teardown (a context already
+	// done) comes after both are fully registered with the poller.
+	s.startDir(&s.b2c)
+	s.startDir(&s.c2b)
 	s.mu.Unlock()
+}
 
+// startDir starts driving d: under the poller if it can, else with a
+// goroutine of its own. Either holds a reference until d is finished.
+func (s *Session) startDir(d *dir) {
+	s.refs.Add(1)
+	if s.startPolled(d) {
+		return
+	}
 	go func() {
-		defer s.wg.Done()
-		s.loop(&s.b2c)
+		defer s.release()
+		s.loop(d)
 	}()
-	s.loop(&s.c2b)
-	// The client side is done; teardown follows at the latest closeGrace
-	// after that (loop made sure of it). Only then can the timers no longer
-	// be armed, so only then is it safe to wait for them.
-	<-s.tornc
-	s.wg.Wait()
+}
 
+// release gives back a reference; the last one ends the session.
+func (s *Session) release() {
+	switch n := s.refs.Add(-1); {
+	case n == 0:
+		s.finish()
+	case n < 0:
+		panic("splice: session reference released twice")
+	}
+}
+
+// finish reports the session's end to Start's callback.
+func (s *Session) finish() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return Stats{
+	done := s.done
+	s.done = nil
+	st := Stats{
 		Duration:         time.Since(s.start),
 		FramesIn:         s.c2b.frames,
 		FramesOut:        s.b2c.frames,
@@ -302,13 +368,16 @@ func (s *Session) Run(ctx context.Context) Stats {
 		LimitHits:        s.c2b.limitHits,
 		Err:              s.err,
 	}
+	s.mu.Unlock()
+	done(st)
 }
 
 // Shutdown ends the session gracefully: close 1001 goes to both peers and
 // they get closeGrace (one second) to answer before the connections close.
-// It does not wait for that; Run returns when it is over. Shutdown may be
-// called from any goroutine, more than once, before or during Run; called
-// before Run, it takes effect as soon as Run starts.
+// It does not wait for that; Run returns (or Start's callback runs) when it
+// is over. Shutdown may be called from any goroutine, more than once, before,
+// during or after the session; called before Run or Start, it takes effect as
+// soon as the session starts.
 func (s *Session) Shutdown() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -325,15 +394,19 @@ func (s *Session) Shutdown() {
 // close frames may block on a slow peer (until teardown at the latest), and
 // Shutdown's caller must not.
 func (s *Session) spawnShutdownLocked() {
-	s.wg.Add(1)
+	s.refs.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer s.release()
 		s.initiate(causeShutdown, ws.StatusGoingAway, ws.StatusGoingAway, nil)
 	}()
 }
 
-// loop runs direction d until its source is done, then reports it.
+// loop runs direction d on the calling goroutine until its source is done,
+// then reports it: the driver where the poller cannot serve.
 func (s *Session) loop(d *dir) {
+	if d.src.raw != nil {
+		d.readyFn = d.ready
+	}
 	if len(d.pre) > 0 {
 		d.bytes += int64(len(d.pre))
 		s.feed(d, d.pre, time.Now())
@@ -372,7 +445,7 @@ func (s *Session) pump(d *dir) error {
 		}
 		n, err := src.conn.Read(buf)
 		if poll {
-			src.conn.SetReadDeadline(time.Time{})
+			src.conn.SetReadDeadline(s.readDeadline(d))
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				return nil
 			}
@@ -392,6 +465,14 @@ func (s *Session) pump(d *dir) error {
 			return nil
 		}
 	}
+}
+
+// readDeadline is d's read deadline: the end of its quiet period, or none.
+func (s *Session) readDeadline(d *dir) time.Time {
+	if d.rdl == 0 {
+		return time.Time{}
+	}
+	return s.start.Add(time.Duration(d.rdl))
 }
 
 // sourceDone handles the end of d's source: EOF, an error, or teardown.
@@ -557,18 +638,18 @@ func (s *Session) doneLocked() bool {
 func (s *Session) armGraceLocked() {
 	s.closing.Store(true)
 	if s.grace == nil && !s.torn {
-		s.wg.Add(1)
+		s.refs.Add(1)
 		s.grace = time.AfterFunc(closeGrace, s.onGrace)
 	}
 }
 
 func (s *Session) onGrace() {
-	defer s.wg.Done()
+	defer s.release()
 	s.teardown()
 }
 
 func (s *Session) onIdle() {
-	defer s.wg.Done()
+	defer s.release()
 	s.mu.Lock()
 	if s.torn || s.closing.Load() {
 		s.mu.Unlock()
@@ -576,7 +657,7 @@ func (s *Session) onIdle() {
 	}
 	quiet := time.Since(s.start) - time.Duration(s.lastActive.Load())
 	if left := s.opt.IdleTimeout - quiet; left > 0 {
-		s.wg.Add(1)
+		s.refs.Add(1)
 		s.idle.Reset(left)
 		s.mu.Unlock()
 		return
@@ -586,7 +667,7 @@ func (s *Session) onIdle() {
 }
 
 func (s *Session) onPing() {
-	defer s.wg.Done()
+	defer s.release()
 	s.mu.Lock()
 	if s.torn || s.closing.Load() {
 		s.mu.Unlock()
@@ -603,14 +684,14 @@ func (s *Session) onPing() {
 		s.pingSeq.Add(1)
 		s.client.pendPing.Store(true)
 	}
-	s.wg.Add(1)
+	s.refs.Add(1)
 	s.ping.Reset(s.opt.PingInterval)
 	s.mu.Unlock()
 	s.kick(&s.client)
 }
 
 func (s *Session) onCancel() {
-	defer s.wg.Done()
+	defer s.release()
 	s.hurry.Store(true)
 	now := time.Now()
 	s.client.conn.SetWriteDeadline(now.Add(hurryWriteTimeout))
@@ -619,8 +700,8 @@ func (s *Session) onCancel() {
 	s.teardown()
 }
 
-// teardown ends the session: timers stop, limiter waits end, both
-// connections close, and with them both directions.
+// teardown ends the session: timers stop, limiter waits end, both sockets
+// leave the poller, both connections close, and with them both directions.
 func (s *Session) teardown() {
 	s.mu.Lock()
 	if s.torn {
@@ -628,21 +709,31 @@ func (s *Session) teardown() {
 		return
 	}
 	s.torn = true
+	stopped := int32(0)
 	for _, t := range []*time.Timer{s.idle, s.ping, s.grace} {
 		if t != nil && t.Stop() {
-			s.wg.Done() // the callback will not run to release it
+			stopped++ // the callback will not run to release it
 		}
 	}
 	if s.stopCtx != nil && s.stopCtx() {
-		s.wg.Done()
+		stopped++
 	}
-	close(s.tornc)
 	s.mu.Unlock()
 	if s.cancel != nil {
 		s.cancel()
 	}
+	// Out of the epoll set before the descriptors close and their numbers
+	// can go to other sockets.
+	s.unwatch(&s.c2b)
+	s.unwatch(&s.b2c)
 	s.client.close()
 	s.backend.close()
+	// Teardown's own reference goes last: nothing can end the session
+	// before the connections are closed.
+	if stopped > 0 {
+		s.refs.Add(-stopped)
+	}
+	s.release()
 }
 
 // aLongTimeAgo is a read deadline that makes a read return at once.

@@ -3,8 +3,10 @@ package splice
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -476,6 +478,35 @@ func TestPeerGone(t *testing.T) {
 			t.Errorf("stats: %+v", st)
 		}
 	})
+	// Regression: gobwas/ws writes a frame's header and payload with two
+	// writes. A backend killed between them used to leave the client with
+	// the header and a TCP close, no close frame (soak: about one client in
+	// 4,500 when a backend was killed). A header is now held until its
+	// first payload byte.
+	t.Run("backend between header and payload", func(t *testing.T) {
+		r := newRig(t, rigConfig{})
+		write(t, r.backend, bframe(opText, []byte("ok")), 0)
+		write(t, r.backend, bframe(opText, []byte("never sent"))[:2], 0)
+		r.backend.Close()
+		expectBytes(t, r.client, bframe(opText, []byte("ok")))
+		expectClose(t, r.client, 1014, false, false)
+		answerClose(t, r.client, true)
+		expectEOF(t, r.client)
+		if st := r.stats(t); st.Reason != "backend_gone" || st.Err != nil {
+			t.Errorf("stats: %+v", st)
+		}
+	})
+	t.Run("client between header and payload", func(t *testing.T) {
+		r := newRig(t, rigConfig{})
+		write(t, r.client, cframe(opBinary, payloadOf(300))[:8], 0)
+		r.client.Close()
+		expectClose(t, r.backend, 1001, true, false)
+		answerClose(t, r.backend, false)
+		expectEOF(t, r.backend)
+		if st := r.stats(t); st.Reason != "client_gone" {
+			t.Errorf("stats: %+v", st)
+		}
+	})
 	t.Run("client mid-frame", func(t *testing.T) {
 		// The backend got half a frame: no close frame can follow, so the
 		// backend is closed at once rather than after the grace period.
@@ -648,5 +679,100 @@ func TestStatsCloseWithoutCode(t *testing.T) {
 	st := r.stats(t)
 	if st.ClientCloseCode != 1005 || st.BackendCloseCode != 1005 {
 		t.Errorf("close codes %d/%d, want 1005/1005", st.ClientCloseCode, st.BackendCloseCode)
+	}
+}
+
+// TestPingDueMidFrameDoesNotSpin is a regression test: a ping due while the
+// client's stream stood inside a frame made kick and afterWrite call each
+// other until the frame went on, and the stack grew by hundreds of MiB per
+// second (a peer that paused long enough crashed the process).
+func TestPingDueMidFrameDoesNotSpin(t *testing.T) {
+	r := newRig(t, rigConfig{opt: Options{PingInterval: 5 * time.Millisecond}})
+	big := bframe(opBinary, payloadOf(1000))
+	write(t, r.backend, big[:500], 0)
+	expectBytes(t, r.client, big[:500])
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.StackInuse
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // let pings fall due mid-frame
+	}
+	runtime.ReadMemStats(&ms)
+	if grown := int64(ms.StackInuse) - int64(before); grown > 16<<20 {
+		t.Errorf("stacks grew by %d MiB while a ping waited for the frame to end", grown>>20)
+	}
+	write(t, r.backend, big[500:], 0)
+	expectBytes(t, r.client, big[500:])
+	if f := readFrame(t, r.client); f.op != opPing {
+		t.Fatalf("got opcode %#x after the frame, want a ping", f.op)
+	}
+	r.s.Shutdown()
+}
+
+// TestStart checks the non-blocking start: done is called once, when the
+// session is over; a second Start reports an error at once; and an idle
+// session holds no goroutine of its own where the poller serves it.
+func TestStart(t *testing.T) {
+	base := runtime.NumGoroutine()
+	c, pc := tcpPair(t)
+	b, pb := tcpPair(t)
+	defer c.Close()
+	defer b.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	c.SetDeadline(deadline)
+	b.SetDeadline(deadline)
+	s := New(pc, nil, pb, nil, Options{IdleTimeout: time.Hour, PingInterval: time.Hour})
+	s.quiet = 10 * time.Millisecond // the idle session parks soon
+	var calls atomic.Int32
+	done := make(chan Stats, 2)
+	s.Start(context.Background(), func(st Stats) {
+		calls.Add(1)
+		done <- st
+	})
+	msg := cframe(opText, []byte("through"))
+	write(t, c, msg, 0)
+	expectBytes(t, b, msg)
+
+	if runtime.GOOS == "linux" {
+		// Only the poller's goroutine may remain (it may have been running
+		// before base was taken).
+		for runtime.NumGoroutine() > base+1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("idle session: %d goroutines, want <= %d", runtime.NumGoroutine(), base+1)
+			}
+			time.Sleep(time.Millisecond) // polling, bounded by the deadline
+		}
+	}
+
+	second := make(chan Stats, 1)
+	s.Start(context.Background(), func(st Stats) { second <- st })
+	select {
+	case st := <-second:
+		if !errors.Is(st.Err, errRunTwice) {
+			t.Errorf("second Start: %+v", st)
+		}
+	default:
+		t.Fatal("second Start did not call done at once")
+	}
+
+	s.Shutdown()
+	expectClose(t, c, 1001, false, false)
+	expectClose(t, b, 1001, true, false)
+	answerClose(t, c, true)
+	answerClose(t, b, false)
+	expectEOF(t, c)
+	expectEOF(t, b)
+	select {
+	case st := <-done:
+		if st.Reason != "shutdown" || st.Err != nil {
+			t.Errorf("stats: %+v", st)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("done was not called")
+	}
+	checkGoroutines(t, base)
+	if n := calls.Load(); n != 1 {
+		t.Errorf("done called %d times", n)
 	}
 }
