@@ -220,3 +220,46 @@ func BenchmarkUpstreamHead(b *testing.B) {
 func h1ReadRequestString(s string, req *h1.Request) error {
 	return h1.ReadRequest(bufio.NewReader(strings.NewReader(s)), req, MaxHeaderBytes)
 }
+
+// TestConnNextUpstreamWhenOneDies has an upstream that takes requests and
+// hangs up without answering: a GET goes on to the next upstream, a POST
+// (which may have been acted on) is answered 502.
+func TestConnNextUpstreamWhenOneDies(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				bufio.NewReader(c).ReadString('\n') // the request arrived...
+				c.Close()                           // ...and the upstream died
+			}()
+		}
+	}()
+	good := echoUpstream(t, "good")
+	p := startProxy(t, &config.Config{Routes: []config.Route{route("/", "http://"+ln.Addr().String(), good.URL)}})
+	for i := range 4 { // round robin: every other request starts at the dying one
+		resp, s := getSeen(t, mustReq("GET", p.URL+"/get", nil))
+		if resp.StatusCode != 200 || s.Server != "good" {
+			t.Fatalf("GET %d: %d from %q", i, resp.StatusCode, s.Server)
+		}
+	}
+	statuses := map[int]int{}
+	for range 4 {
+		resp, err := http.Post(p.URL+"/post", "text/plain", strings.NewReader("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		statuses[resp.StatusCode]++
+	}
+	if statuses[502] != 2 || statuses[200] != 2 {
+		t.Fatalf("POST statuses %v, want two 502 (sent to the dying upstream) and two 200", statuses)
+	}
+}

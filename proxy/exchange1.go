@@ -258,10 +258,19 @@ func (sc *serverConn) forward(x *exchange, tgt *target) bool {
 			return false
 		}
 		pc.close()
-		if errors.Is(err, errRetry) && reused && replayable {
-			// The pooled connection had been closed by the upstream:
-			// send again on a new one.
-			continue
+		if errors.Is(err, errRetry) && replayable {
+			if reused {
+				// The pooled connection had been closed by the
+				// upstream: send again on a new one.
+				continue
+			}
+			// A new connection that failed before any answer: the
+			// upstream went away under the request. Like nginx's
+			// proxy_next_upstream, try the next upstream once.
+			if next := route.bal.pick(now(), u); next != u && !x.info.retried {
+				u, x.info.upstream, x.info.retried = next, next, true
+				continue
+			}
 		}
 		return sc.failed(x, err)
 	}
