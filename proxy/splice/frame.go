@@ -70,6 +70,9 @@ type dir struct {
 	chargeChunks bool  // the current frame's payload is charged to the byte bucket as it arrives
 	hold         [ws.MaxHeaderSize + pingLen]byte
 	peek         [1]byte // readiness probe target
+	rbuf         *[]byte // what readInto read into, for pump; nil = nothing
+	rn           int     // bytes readInto read
+	rerr         error   // and the error it met (io.EOF at the end)
 
 	frames, bytes, limitHits int64
 	closeCode                int

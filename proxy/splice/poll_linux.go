@@ -144,7 +144,7 @@ func (s *Session) startPolled(d *dir) bool {
 	if d.src.raw == nil || thePoller.init() != nil {
 		return false
 	}
-	d.readyFn = d.ready
+	d.readyFn = d.probeFn()
 	d.ev.Store(evRunning)
 	go s.drive(d)
 	return true

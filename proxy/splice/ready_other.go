@@ -12,3 +12,6 @@ import (
 func rawConnOf(net.Conn) syscall.RawConn { return nil }
 
 func (d *dir) ready(uintptr) bool { return true }
+
+// probeFn returns the callback pump waits on src with.
+func (d *dir) probeFn() func(fd uintptr) bool { return d.ready }

@@ -405,7 +405,7 @@ func (s *Session) spawnShutdownLocked() {
 // then reports it: the driver where the poller cannot serve.
 func (s *Session) loop(d *dir) {
 	if d.src.raw != nil {
-		d.readyFn = d.ready
+		d.readyFn = d.probeFn()
 	}
 	if len(d.pre) > 0 {
 		d.bytes += int64(len(d.pre))
@@ -428,11 +428,28 @@ func (s *Session) pump(d *dir) error {
 			return err
 		}
 	}
-	bp := bufPool.Get().(*[]byte)
+	bp := d.rbuf
+	if bp != nil {
+		// The probe read already: handle that first.
+		d.rbuf = nil
+	} else {
+		bp = bufPool.Get().(*[]byte)
+	}
 	defer bufPool.Put(bp)
 	buf := *bp
 	if d.readCap > 0 && d.readCap < len(buf) {
 		buf = buf[:d.readCap]
+	}
+	if d.rn > 0 || d.rerr != nil {
+		n, err := d.rn, d.rerr
+		d.rn, d.rerr = 0, nil
+		if n > 0 {
+			d.bytes += int64(n)
+			s.feed(d, buf[:n], time.Now())
+		}
+		if err != nil || n < len(buf) {
+			return err
+		}
 	}
 	poll := false
 	for {
