@@ -581,9 +581,9 @@ func (sc *serverConn) appendUpstreamHead(b []byte, x *exchange, u *upstream, tgt
 	b = append(b, ' ')
 	b = route.appendTarget(b, x, u, tgt)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
-	if cfg.HostHeader == config.HostPreserve {
+	if cfg.HostHeader == config.HostPreserve && tgt.host != "" {
 		b = append(b, tgt.host...)
-	} else {
+	} else { // asked for, or an HTTP/1.0 client that sent no Host
 		b = append(b, u.url.Host...)
 	}
 	b = append(b, "\r\n"...)
@@ -632,8 +632,10 @@ func (sc *serverConn) appendUpstreamHead(b []byte, x *exchange, u *upstream, tgt
 	b = append(b, "\r\nX-Forwarded-Host: "...)
 	if v := req.Header.Get("X-Forwarded-Host"); xfhPrior && len(v) > 0 {
 		b = append(b, v...)
-	} else {
+	} else if tgt.host != "" {
 		b = append(b, tgt.host...)
+	} else {
+		b = append(b, u.url.Host...)
 	}
 	b = append(b, "\r\nX-Forwarded-Proto: "...)
 	if v := req.Header.Get("X-Forwarded-Proto"); xfpPrior && len(v) > 0 {
