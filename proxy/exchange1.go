@@ -166,22 +166,9 @@ func (sc *serverConn) clientAddr(trusted []netip.Prefix) (netip.Addr, bool) {
 		if !h1.EqualFold(hdr[i].Name, "X-Forwarded-For") {
 			continue
 		}
-		v := b2s(hdr[i].Value)
-		for v != "" {
-			j := strings.LastIndexByte(v, ',')
-			part := strings.TrimSpace(v[j+1:])
-			v = v[:max(j, 0)]
-			a, err := netip.ParseAddr(part)
-			if err != nil {
-				return addr, true
-			}
-			addr = a.Unmap()
-			if !isTrusted(addr, trusted) {
-				return addr, true
-			}
-			if j < 0 {
-				break
-			}
+		var done bool
+		if addr, done = walkForwardedFor(addr, b2s(hdr[i].Value), trusted); done {
+			return addr, true
 		}
 	}
 	return addr, true
@@ -718,7 +705,7 @@ func appendJoin(b []byte, base string, p []byte) []byte {
 func (route *Route) appendResponseFields(b []byte, resp *h1.Response) []byte {
 	hasConnection := resp.Header.Has("Connection")
 	for _, f := range resp.Header {
-		if dropResponseField(f.Name) {
+		if hopByHop(f.Name) {
 			continue
 		}
 		if h1.EqualFold(f.Name, "Content-Length") && !resp.NoBody {
@@ -744,20 +731,12 @@ func (route *Route) appendResponseFields(b []byte, resp *h1.Response) []byte {
 // dropRequestField reports fields never forwarded as they came: hop-by-hop
 // ones, the framing and Host (set anew), and X-Forwarded-* (rebuilt).
 func dropRequestField(name []byte) bool {
-	if len(name) == 0 {
+	if hopByHop(name) {
 		return true
 	}
 	switch name[0] | 0x20 {
 	case 'c':
-		return h1.EqualFold(name, "Connection") || h1.EqualFold(name, "Content-Length")
-	case 'k':
-		return h1.EqualFold(name, "Keep-Alive")
-	case 'p':
-		return len(name) >= 6 && h1.EqualFold(name[:6], "Proxy-")
-	case 't':
-		return h1.EqualFold(name, "TE") || h1.EqualFold(name, "Trailer") || h1.EqualFold(name, "Transfer-Encoding")
-	case 'u':
-		return h1.EqualFold(name, "Upgrade")
+		return h1.EqualFold(name, "Content-Length")
 	case 'h':
 		return h1.EqualFold(name, "Host")
 	case 'f':
@@ -768,8 +747,9 @@ func dropRequestField(name []byte) bool {
 	return false
 }
 
-// dropResponseField reports the hop-by-hop fields of a response.
-func dropResponseField(name []byte) bool {
+// hopByHop reports the fields that belong to one connection (RFC 9110
+// 7.6.1), Proxy-* included, and empty names.
+func hopByHop(name []byte) bool {
 	if len(name) == 0 {
 		return true
 	}

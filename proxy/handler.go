@@ -387,25 +387,37 @@ func clientAddr(r *http.Request, trusted []netip.Prefix) (client netip.Addr, pee
 	}
 	values := r.Header.Values("X-Forwarded-For")
 	for i := len(values) - 1; i >= 0; i-- {
-		v := values[i]
-		for v != "" {
-			j := strings.LastIndexByte(v, ',')
-			part := strings.TrimSpace(v[j+1:])
-			v = v[:max(j, 0)]
-			a, err := netip.ParseAddr(part)
-			if err != nil {
-				return addr, true // garbage: stop believing the chain here
-			}
-			addr = a.Unmap()
-			if !isTrusted(addr, trusted) {
-				return addr, true
-			}
-			if j < 0 {
-				break
-			}
+		var done bool
+		if addr, done = walkForwardedFor(addr, values[i], trusted); done {
+			return addr, true
 		}
 	}
 	return addr, true
+}
+
+// walkForwardedFor reads one X-Forwarded-For value from the right, starting
+// from addr, the nearest hop so far, which is trusted. It returns the
+// nearest hop it reached and done when the walk must stop there: at an
+// address that is not a trusted proxy, or at garbage (the chain is not
+// believed beyond it).
+func walkForwardedFor(addr netip.Addr, v string, trusted []netip.Prefix) (netip.Addr, bool) {
+	for v != "" {
+		j := strings.LastIndexByte(v, ',')
+		part := strings.TrimSpace(v[j+1:])
+		v = v[:max(j, 0)]
+		a, err := netip.ParseAddr(part)
+		if err != nil {
+			return addr, true
+		}
+		addr = a.Unmap()
+		if !isTrusted(addr, trusted) {
+			return addr, true
+		}
+		if j < 0 {
+			break
+		}
+	}
+	return addr, false
 }
 
 func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {

@@ -321,16 +321,8 @@ func (h *Handler) splice(x *exchange, r *http.Request, ip string, backend net.Co
 	clientBuffered := buffered(brw.Reader)
 	backendBuffered := buffered(br)
 	ws := &x.route.cfg.WebSocket
-	sess := splice.New(client, clientBuffered, backend, backendBuffered, splice.Options{
-		MessagesPerSecond: ws.MessagesPerSecond,
-		MessageBurst:      ws.MessageBurst,
-		BytesPerSecond:    ws.BytesPerSecond,
-		MaxMessageSize:    ws.MaxMessageSize,
-		CloseOnLimit:      ws.OnLimit == config.OnLimitClose,
-		IdleTimeout:       ws.IdleTimeout,
-		PingInterval:      ws.PingInterval,
-		AllowRSV1:         extensionNamed(resp.Header, "permessage-deflate"),
-	})
+	sess := splice.New(client, clientBuffered, backend, backendBuffered,
+		spliceOptions(ws, extensionNamed(resp.Header, "permessage-deflate")))
 	// Keep only what the session's log line needs, not the request.
 	rec := &sessionRecord{
 		route: x.route, ip: ip, upstream: x.info.upstream.key,
@@ -347,6 +339,21 @@ func (h *Handler) splice(x *exchange, r *http.Request, ip string, backend net.Co
 // is over. No goroutine waits for it: an idle session holds none.
 func (h *Handler) launch(sess *splice.Session, rec *sessionRecord) {
 	sess.Start(context.Background(), func(st splice.Stats) { h.sessionEnded(sess, rec, &st) })
+}
+
+// spliceOptions are a route's WebSocket limits for one session; allowRSV1
+// says permessage-deflate was negotiated.
+func spliceOptions(ws *config.WebSocket, allowRSV1 bool) splice.Options {
+	return splice.Options{
+		MessagesPerSecond: ws.MessagesPerSecond,
+		MessageBurst:      ws.MessageBurst,
+		BytesPerSecond:    ws.BytesPerSecond,
+		MaxMessageSize:    ws.MaxMessageSize,
+		CloseOnLimit:      ws.OnLimit == config.OnLimitClose,
+		IdleTimeout:       ws.IdleTimeout,
+		PingInterval:      ws.PingInterval,
+		AllowRSV1:         allowRSV1,
+	}
 }
 
 // sessionRecord is what a running session keeps of its request.

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sluice-proxy/sluice/config"
 	"github.com/sluice-proxy/sluice/proxy/h1"
 	"github.com/sluice-proxy/sluice/proxy/splice"
 )
@@ -100,16 +99,8 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 	x.rec.status = 101
 	x.websocket = true // the session logs itself when it ends
 	sc.state.Store(connHijacked)
-	sess := splice.New(sc.c, buffered(sc.br), backend, buffered(ubr), splice.Options{
-		MessagesPerSecond: ws.MessagesPerSecond,
-		MessageBurst:      ws.MessageBurst,
-		BytesPerSecond:    ws.BytesPerSecond,
-		MaxMessageSize:    ws.MaxMessageSize,
-		CloseOnLimit:      ws.OnLimit == config.OnLimitClose,
-		IdleTimeout:       ws.IdleTimeout,
-		PingInterval:      ws.PingInterval,
-		AllowRSV1:         extensionNamedBytes(resp.Header, "permessage-deflate"),
-	})
+	sess := splice.New(sc.c, buffered(sc.br), backend, buffered(ubr),
+		spliceOptions(ws, extensionNamedBytes(resp.Header, "permessage-deflate")))
 	// The session has copies of what the readers held: they go back to
 	// their pools.
 	sc.br.Reset(nil)
