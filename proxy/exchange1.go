@@ -176,17 +176,11 @@ func (sc *serverConn) clientAddr(trusted []netip.Prefix) (netip.Addr, bool) {
 
 // allow applies the route's per-client rate limit.
 func (sc *serverConn) allow(x *exchange) bool {
-	lim := x.route.limiter
-	if lim == nil || !x.client.IsValid() {
+	retry, over := sc.s.h.overLimit(x)
+	if !over {
 		return true
 	}
-	ok, retry := lim.Allow(x.client, now())
-	if ok {
-		return true
-	}
-	x.info.reason = "rate_limited"
-	sc.s.h.metrics.RateLimited(x.route.cfg.Name)
-	sc.writeError(x, 429, "too many requests", !sc.bodyless(), "Retry-After: "+strconv.Itoa(int(retry/time.Second))+"\r\n")
+	sc.writeError(x, 429, "too many requests", !sc.bodyless(), "Retry-After: "+retry+"\r\n")
 	return false
 }
 

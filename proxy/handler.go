@@ -237,19 +237,30 @@ func (h *Handler) finish(x *exchange) {
 // allow applies the route's per-client rate limit, answering 429 with
 // Retry-After when the client is over it.
 func (h *Handler) allow(x *exchange) bool {
+	retry, over := h.overLimit(x)
+	if !over {
+		return true
+	}
+	x.rec.Header().Set("Retry-After", retry)
+	plainError(&x.rec, http.StatusTooManyRequests, "too many requests")
+	return false
+}
+
+// overLimit takes a token from the route's per-client bucket. When there
+// is none it records the refusal and returns the Retry-After value, in
+// whole seconds.
+func (h *Handler) overLimit(x *exchange) (retryAfter string, over bool) {
 	lim := x.route.limiter
 	if lim == nil || !x.client.IsValid() {
-		return true
+		return "", false
 	}
 	ok, retry := lim.Allow(x.client, now())
 	if ok {
-		return true
+		return "", false
 	}
 	x.info.reason = "rate_limited"
 	h.metrics.RateLimited(x.route.cfg.Name)
-	x.rec.Header().Set("Retry-After", strconv.Itoa(int(retry/time.Second)))
-	plainError(&x.rec, http.StatusTooManyRequests, "too many requests")
-	return false
+	return strconv.Itoa(int(retry / time.Second)), true
 }
 
 func (h *Handler) forward(x *exchange, r *http.Request) {
