@@ -6,6 +6,7 @@ package metrics
 import (
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,8 @@ type Metrics struct {
 	dialFailures *prometheus.CounterVec   // upstream
 	certEvents   *prometheus.CounterVec   // event
 	reloads      *prometheus.CounterVec   // result
+
+	onScrape atomic.Pointer[func()]
 }
 
 // New returns Metrics registered in a new registry, with the Go runtime and
@@ -54,11 +57,11 @@ func New() *Metrics {
 		}, []string{"route"}),
 		wsFrames: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_websocket_frames_total",
-			Help: "WebSocket frames of ended sessions, by route and direction (in: client to backend).",
+			Help: "WebSocket frames, by route and direction (in: client to backend); running sessions count up to the latest scrape.",
 		}, []string{"route", "direction"}),
 		wsBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_websocket_bytes_total",
-			Help: "WebSocket bytes of ended sessions, headers included, by route and direction (in: client to backend).",
+			Help: "WebSocket bytes, headers included, by route and direction (in: client to backend); running sessions count up to the latest scrape.",
 		}, []string{"route", "direction"}),
 		wsCloses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_websocket_session_ends_total",
@@ -87,9 +90,25 @@ func New() *Metrics {
 	return m
 }
 
-// Handler serves the metrics in the Prometheus text format.
+// Handler serves the metrics in the Prometheus text format, running the
+// OnScrape function first.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+	h := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f := m.onScrape.Load(); f != nil {
+			(*f)()
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// OnScrape sets f to run before each scrape, so that counts kept elsewhere
+// (the traffic of running WebSocket sessions) can be brought up to date.
+func (m *Metrics) OnScrape(f func()) {
+	if m == nil {
+		return
+	}
+	m.onScrape.Store(&f)
 }
 
 // codes holds status code labels, so that counting a request does not
@@ -126,11 +145,23 @@ func (m *Metrics) SessionStarted(route string) {
 	m.wsActive.WithLabelValues(route).Inc()
 }
 
-// Session is what a WebSocket session reports when it ends.
+// Session is what a WebSocket session reports when it ends; its traffic
+// goes through SessionTraffic.
 type Session struct {
-	FramesIn, FramesOut, BytesIn, BytesOut int64
-	Reason                                 string // "" for a close handshake
-	LimitHits                              int64
+	Reason    string // "" for a close handshake
+	LimitHits int64
+}
+
+// SessionTraffic adds what a WebSocket session on route carried since its
+// previous report (in: client to backend).
+func (m *Metrics) SessionTraffic(route string, framesIn, framesOut, bytesIn, bytesOut int64) {
+	if m == nil || framesIn|framesOut|bytesIn|bytesOut == 0 {
+		return
+	}
+	m.wsFrames.WithLabelValues(route, "in").Add(float64(framesIn))
+	m.wsFrames.WithLabelValues(route, "out").Add(float64(framesOut))
+	m.wsBytes.WithLabelValues(route, "in").Add(float64(bytesIn))
+	m.wsBytes.WithLabelValues(route, "out").Add(float64(bytesOut))
 }
 
 // SessionEnded counts a WebSocket session that ended on route.
@@ -139,10 +170,6 @@ func (m *Metrics) SessionEnded(route string, s Session) {
 		return
 	}
 	m.wsActive.WithLabelValues(route).Dec()
-	m.wsFrames.WithLabelValues(route, "in").Add(float64(s.FramesIn))
-	m.wsFrames.WithLabelValues(route, "out").Add(float64(s.FramesOut))
-	m.wsBytes.WithLabelValues(route, "in").Add(float64(s.BytesIn))
-	m.wsBytes.WithLabelValues(route, "out").Add(float64(s.BytesOut))
 	reason := s.Reason
 	if reason == "" {
 		reason = "close"

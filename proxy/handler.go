@@ -128,6 +128,9 @@ func New(cfg *config.Config, opts Options) *Handler {
 	}
 	h.access.Store(opts.AccessLog)
 	h.Apply(cfg)
+	// Running WebSocket sessions count their traffic at each scrape, not
+	// only when they end.
+	opts.Metrics.OnScrape(h.flushSessionCounts)
 	return h
 }
 

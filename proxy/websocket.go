@@ -328,7 +328,7 @@ func (h *Handler) splice(x *exchange, r *http.Request, ip string, backend net.Co
 		route: x.route, ip: ip, upstream: x.info.upstream.key,
 		method: r.Method, host: r.Host, path: r.URL.Path,
 	}
-	h.sessions.attach(sess)
+	h.sessions.attach(sess, rec)
 	h.metrics.SessionStarted(x.route.cfg.Name)
 	started = true
 	h.launch(sess, rec)
@@ -362,6 +362,34 @@ type sessionRecord struct {
 	ip                 string // client address, for the slot and the log
 	upstream           string
 	method, host, path string
+
+	// reported is what the metrics have of the session's frames and
+	// bytes (in, out): counts go to them as deltas, at each scrape and at
+	// the end. Guarded by the registry's mu.
+	reported [4]int64
+}
+
+// reportTraffic hands the metrics what the session carried since its
+// last report. The caller holds h.sessions.mu.
+func (h *Handler) reportTraffic(rec *sessionRecord, framesIn, framesOut, bytesIn, bytesOut int64) {
+	now := [4]int64{framesIn, framesOut, bytesIn, bytesOut}
+	var d [4]int64
+	for i := range now {
+		d[i] = max(now[i]-rec.reported[i], 0)
+	}
+	rec.reported = now
+	h.metrics.SessionTraffic(rec.route.cfg.Name, d[0], d[1], d[2], d[3])
+}
+
+// flushSessionCounts brings the metrics up to date with the traffic of the
+// sessions still running; the metrics call it before each scrape.
+func (h *Handler) flushSessionCounts() {
+	h.sessions.mu.Lock()
+	defer h.sessions.mu.Unlock()
+	for s, rec := range h.sessions.m {
+		fi, fo, bi, bo := s.Counts()
+		h.reportTraffic(rec, fi, fo, bi, bo)
+	}
 }
 
 // sessionEnded accounts for a session that is over. It runs on the
@@ -369,10 +397,10 @@ type sessionRecord struct {
 // it returns, so CloseSessions waits for it.
 func (h *Handler) sessionEnded(sess *splice.Session, rec *sessionRecord, st *splice.Stats) {
 	rec.route.ws.release(rec.ip)
-	h.metrics.SessionEnded(rec.route.cfg.Name, metrics.Session{
-		FramesIn: st.FramesIn, FramesOut: st.FramesOut, BytesIn: st.BytesIn, BytesOut: st.BytesOut,
-		Reason: st.Reason, LimitHits: st.LimitHits,
-	})
+	h.sessions.mu.Lock()
+	h.reportTraffic(rec, st.FramesIn, st.FramesOut, st.BytesIn, st.BytesOut)
+	h.sessions.mu.Unlock()
+	h.metrics.SessionEnded(rec.route.cfg.Name, metrics.Session{Reason: st.Reason, LimitHits: st.LimitHits})
 	// Log before deregistering: shutdown waits for the registry to empty
 	// and then closes the access log.
 	if access := h.access.Load(); access != nil {
@@ -409,7 +437,7 @@ func buffered(br *bufio.Reader) []byte {
 // does not know about once hijacked.
 type sessions struct {
 	mu      sync.Mutex
-	m       map[*splice.Session]struct{}
+	m       map[*splice.Session]*sessionRecord
 	closing bool
 	wg      sync.WaitGroup
 }
@@ -431,13 +459,13 @@ func (ss *sessions) unreserve() { ss.wg.Done() }
 
 // attach records the reserved session s; if shutdown began since the
 // reservation, s is told at once.
-func (ss *sessions) attach(s *splice.Session) {
+func (ss *sessions) attach(s *splice.Session, rec *sessionRecord) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.m == nil {
-		ss.m = make(map[*splice.Session]struct{})
+		ss.m = make(map[*splice.Session]*sessionRecord)
 	}
-	ss.m[s] = struct{}{}
+	ss.m[s] = rec
 	if ss.closing {
 		s.Shutdown()
 	}

@@ -113,7 +113,7 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 		method: string(req.Method), host: x.host, path: x.path,
 	}
 	rec.host, rec.path = strings.Clone(rec.host), strings.Clone(rec.path)
-	h.sessions.attach(sess)
+	h.sessions.attach(sess, rec)
 	h.metrics.SessionStarted(x.route.cfg.Name)
 	handedOff = true
 	h.launch(sess, rec)

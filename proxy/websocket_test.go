@@ -18,6 +18,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/metrics"
 )
 
 // wsBackend is a WebSocket echo server that reports the headers of each
@@ -329,5 +330,65 @@ func TestWebSocketReloadAndShutdown(t *testing.T) {
 	p.h.Apply(&config.Config{Routes: []config.Route{r}})
 	if _, _, _, err := ws.Dial(context.Background(), wsURL(p.URL, "/")); err != ws.StatusError(503) {
 		t.Fatalf("a new session after shutdown: %v, want 503", err)
+	}
+}
+
+// TestWebSocketMetricsWhileRunning checks that a running session's frames
+// and bytes reach /metrics at each scrape, not only when it ends, and that
+// the end adds only the rest.
+func TestWebSocketMetricsWhileRunning(t *testing.T) {
+	b := startWSBackend(t)
+	r := route("/ws", b.URL)
+	r.Name = "ws"
+	m := metrics.New()
+	h := New(&config.Config{Routes: []config.Route{r}}, Options{Metrics: m})
+	p := serveConns(t, h)
+	scrape := func() string {
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		return rec.Body.String()
+	}
+	conn, br, _, err := ws.Dial(context.Background(), wsURL(p.URL, "/ws"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if br != nil {
+		ws.PutReader(br)
+	}
+	for range 3 {
+		if err := wsutil.WriteClientText(conn, []byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := wsutil.ReadServerText(conn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 3 frames each way, 11 bytes each in (2 header + 4 mask + 5), 7 out.
+	body := scrape()
+	for _, want := range []string{
+		`sluice_websocket_frames_total{direction="in",route="ws"} 3`,
+		`sluice_websocket_frames_total{direction="out",route="ws"} 3`,
+		`sluice_websocket_bytes_total{direction="in",route="ws"} 33`,
+		`sluice_websocket_bytes_total{direction="out",route="ws"} 21`,
+		`sluice_websocket_sessions_active{route="ws"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("while running, /metrics lacks %s", want)
+		}
+	}
+	conn.Close() // the backend gets 1001; no frame came from the client
+	deadline := time.Now().Add(5 * time.Second)
+	for h.Sessions() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	body = scrape()
+	for _, want := range []string{
+		`sluice_websocket_frames_total{direction="in",route="ws"} 3`,
+		`sluice_websocket_bytes_total{direction="in",route="ws"} 33`,
+		`sluice_websocket_sessions_active{route="ws"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("after the end, /metrics lacks %s", want)
+		}
 	}
 }

@@ -74,8 +74,11 @@ type dir struct {
 	rn           int     // bytes readInto read
 	rerr         error   // and the error it met (io.EOF at the end)
 
-	frames, bytes, limitHits int64
-	closeCode                int
+	// frames and bytes are read by Session.Counts while the direction
+	// runs, hence atomic.
+	frames, bytes atomic.Int64
+	limitHits     int64
+	closeCode     int
 }
 
 func (d *dir) init(src, dst *peer, pre []byte, st ws.State) {
@@ -143,7 +146,7 @@ func (s *Session) header(d *dir, c *cursor) {
 	} else {
 		c.i += len(hb)
 	}
-	d.frames++
+	d.frames.Add(1)
 	h, err := parseHeader(hb)
 	if err == nil {
 		err = d.check(h)

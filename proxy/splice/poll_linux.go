@@ -286,7 +286,7 @@ func (s *Session) notify(d *dir) {
 // evDone.
 func (s *Session) drive(d *dir) {
 	if len(d.pre) > 0 {
-		d.bytes += int64(len(d.pre))
+		d.bytes.Add(int64(len(d.pre)))
 		s.feed(d, d.pre, time.Now())
 		d.pre = nil
 	}
@@ -313,7 +313,7 @@ func (s *Session) drive(d *dir) {
 
 // setQuiet starts a quiet period for d at now: the read deadline is its end.
 func (s *Session) setQuiet(d *dir, now time.Time) {
-	d.seen = d.bytes
+	d.seen = d.bytes.Load()
 	at := now.Add(s.quiet)
 	d.rdl = int64(at.Sub(s.start))
 	d.src.conn.SetReadDeadline(at)
@@ -324,7 +324,7 @@ func (s *Session) setQuiet(d *dir, now time.Time) {
 // wait, not quiet), d keeps its goroutine for another period. Otherwise it
 // parks. It returns an error when d cannot go on: the session is ending.
 func (s *Session) settle(d *dir) (parked bool, err error) {
-	if d.bytes != d.seen || s.readable(d) {
+	if d.bytes.Load() != d.seen || s.readable(d) {
 		s.setQuiet(d, time.Now())
 		return false, nil
 	}

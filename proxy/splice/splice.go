@@ -357,10 +357,10 @@ func (s *Session) finish() {
 	s.done = nil
 	st := Stats{
 		Duration:         time.Since(s.start),
-		FramesIn:         s.c2b.frames,
-		FramesOut:        s.b2c.frames,
-		BytesIn:          s.c2b.bytes,
-		BytesOut:         s.b2c.bytes,
+		FramesIn:         s.c2b.frames.Load(),
+		FramesOut:        s.b2c.frames.Load(),
+		BytesIn:          s.c2b.bytes.Load(),
+		BytesOut:         s.b2c.bytes.Load(),
 		ClientCloseCode:  s.c2b.closeCode,
 		BackendCloseCode: s.b2c.closeCode,
 		ClosedBy:         s.closedBy,
@@ -370,6 +370,13 @@ func (s *Session) finish() {
 	}
 	s.mu.Unlock()
 	done(st)
+}
+
+// Counts returns the frames and bytes handled so far each way (in: client
+// to backend), as Stats will count them. It may be called from any
+// goroutine while the session runs, for live metrics.
+func (s *Session) Counts() (framesIn, framesOut, bytesIn, bytesOut int64) {
+	return s.c2b.frames.Load(), s.b2c.frames.Load(), s.c2b.bytes.Load(), s.b2c.bytes.Load()
 }
 
 // Shutdown ends the session gracefully: close 1001 goes to both peers and
@@ -408,7 +415,7 @@ func (s *Session) loop(d *dir) {
 		d.readyFn = d.probeFn()
 	}
 	if len(d.pre) > 0 {
-		d.bytes += int64(len(d.pre))
+		d.bytes.Add(int64(len(d.pre)))
 		s.feed(d, d.pre, time.Now())
 		d.pre = nil
 	}
@@ -444,7 +451,7 @@ func (s *Session) pump(d *dir) error {
 		n, err := d.rn, d.rerr
 		d.rn, d.rerr = 0, nil
 		if n > 0 {
-			d.bytes += int64(n)
+			d.bytes.Add(int64(n))
 			s.feed(d, buf[:n], time.Now())
 		}
 		if err != nil || n < len(buf) {
@@ -468,7 +475,7 @@ func (s *Session) pump(d *dir) error {
 			}
 		}
 		if n > 0 {
-			d.bytes += int64(n)
+			d.bytes.Add(int64(n))
 			s.feed(d, buf[:n], time.Now())
 		}
 		switch {
