@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/sluice-proxy/sluice/proxy/h1"
 )
 
 // serveHandler serves the request in sc.req with an http.Handler, for what
@@ -123,7 +125,7 @@ func (w *adapterWriter) WriteHeader(code int) {
 	sc := w.sc
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
 		// An interim answer (103 Early Hints): its fields go with it.
-		b := appendStatus(sc.out[:0], code)
+		b := h1.AppendStatusLine(sc.out[:0], code, nil)
 		b = appendHeader(b, w.header)
 		w.bw.Write(append(b, "\r\n"...))
 		w.bw.Flush()
@@ -150,7 +152,7 @@ func (w *adapterWriter) WriteHeader(code int) {
 	if w.length < 0 {
 		delete(w.header, "Content-Length")
 	}
-	b := appendStatus(sc.out[:0], code)
+	b := h1.AppendStatusLine(sc.out[:0], code, nil)
 	b = appendHeader(b, w.header)
 	if _, ok := w.header["Date"]; !ok {
 		b = append(b, "Date: "...)
@@ -170,14 +172,6 @@ func (w *adapterWriter) WriteHeader(code int) {
 	b = append(b, "\r\n"...)
 	sc.out = b
 	w.bw.Write(b)
-}
-
-func appendStatus(b []byte, code int) []byte {
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(code), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(code)...)
-	return append(b, "\r\n"...)
 }
 
 func appendHeader(b []byte, h http.Header) []byte {

@@ -49,7 +49,7 @@ type ConnServer struct {
 	mu      sync.Mutex
 	conns   map[*serverConn]struct{}
 	lns     map[net.Listener]struct{}
-	closing bool
+	closing atomic.Bool    // read per request, so not under mu
 	wg      sync.WaitGroup // one count per connection being served
 }
 
@@ -69,7 +69,7 @@ var ErrServerClosed = http.ErrServerClosed
 // negotiate h2 go to ConnOptions.H2.
 func (s *ConnServer) Serve(ln net.Listener, tlsConfig *tls.Config) error {
 	s.mu.Lock()
-	if s.closing {
+	if s.closing.Load() {
 		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
@@ -107,16 +107,12 @@ func (s *ConnServer) Serve(ln net.Listener, tlsConfig *tls.Config) error {
 	}
 }
 
-func (s *ConnServer) isClosing() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closing
-}
+func (s *ConnServer) isClosing() bool { return s.closing.Load() }
 
 func (s *ConnServer) track(sc *serverConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
+	if s.closing.Load() {
 		return false
 	}
 	s.conns[sc] = struct{}{}
@@ -137,7 +133,7 @@ func (s *ConnServer) untrack(sc *serverConn) {
 // is returned.
 func (s *ConnServer) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.closing = true
+	s.closing.Store(true)
 	for ln := range s.lns {
 		ln.Close()
 	}
@@ -176,7 +172,7 @@ func (s *ConnServer) Shutdown(ctx context.Context) error {
 // connections (WebSocket sessions) are not this server's any more.
 func (s *ConnServer) Close() {
 	s.mu.Lock()
-	s.closing = true
+	s.closing.Store(true)
 	for ln := range s.lns {
 		ln.Close()
 	}

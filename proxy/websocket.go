@@ -59,16 +59,7 @@ func (w *wsRoute) release(ip string) {
 // originAllowed reports whether the request's Origin is one of allowed
 // (already lower-case); an empty list allows any.
 func originAllowed(r *http.Request, allowed []string) bool {
-	if len(allowed) == 0 {
-		return true
-	}
-	origin := strings.ToLower(r.Header.Get("Origin"))
-	for _, a := range allowed {
-		if origin == a {
-			return true
-		}
-	}
-	return false
+	return originAllowedBytes([]byte(r.Header.Get("Origin")), allowed)
 }
 
 // serveWebSocket checks a WebSocket upgrade against the route's policy,
@@ -413,11 +404,8 @@ func (h *Handler) sessionEnded(sess *splice.Session, rec *sessionRecord, st *spl
 // negotiates the extension name (parameters follow it after ";").
 func extensionNamed(h http.Header, name string) bool {
 	for _, v := range h.Values("Sec-Websocket-Extensions") {
-		for ext := range strings.SplitSeq(v, ",") {
-			n, _, _ := strings.Cut(ext, ";")
-			if strings.EqualFold(strings.TrimSpace(n), name) {
-				return true
-			}
+		if extensionIn([]byte(v), name) {
+			return true
 		}
 	}
 	return false

@@ -197,14 +197,20 @@ func originAllowedBytes(origin []byte, allowed []string) bool {
 // extensionNamedBytes is extensionNamed for raw fields.
 func extensionNamedBytes(hdr h1.Header, name string) bool {
 	for _, f := range hdr {
-		if !h1.EqualFold(f.Name, "Sec-WebSocket-Extensions") {
-			continue
+		if h1.EqualFold(f.Name, "Sec-WebSocket-Extensions") && extensionIn(f.Value, name) {
+			return true
 		}
-		for ext := range bytes.SplitSeq(f.Value, []byte(",")) {
-			n, _, _ := bytes.Cut(ext, []byte(";"))
-			if h1.EqualFold(bytes.TrimSpace(n), name) {
-				return true
-			}
+	}
+	return false
+}
+
+// extensionIn reports whether the Sec-WebSocket-Extensions value v
+// negotiates the extension name (parameters follow it after ";").
+func extensionIn(v []byte, name string) bool {
+	for ext := range bytes.SplitSeq(v, []byte(",")) {
+		n, _, _ := bytes.Cut(ext, []byte(";"))
+		if h1.EqualFold(bytes.TrimSpace(n), name) {
+			return true
 		}
 	}
 	return false

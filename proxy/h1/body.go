@@ -85,17 +85,10 @@ func (b *Body) Read(p []byte) (int, error) {
 	}
 	switch b.mode {
 	case modeLength:
-		if int64(len(p)) > b.left {
-			p = p[:b.left]
-		}
-		n, err := b.br.Read(p)
-		b.left -= int64(n)
+		n, err := b.readLeft(p)
 		if b.left == 0 {
 			b.done = true
 			return n, io.EOF
-		}
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
 		}
 		b.err = err
 		return n, err
@@ -129,18 +122,11 @@ func (b *Body) readChunked(p []byte) (int, error) {
 			}
 			b.state, b.left = chunkData, size
 		case chunkData:
-			if int64(len(p)) > b.left {
-				p = p[:b.left]
-			}
-			n, err := b.br.Read(p)
-			b.left -= int64(n)
+			n, err := b.readLeft(p)
 			if b.left == 0 {
 				b.state = chunkCRLF
 			}
 			if err != nil {
-				if err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
 				return n, b.fail(err)
 			}
 			return n, nil
@@ -180,6 +166,20 @@ func (b *Body) readChunked(p []byte) (int, error) {
 			}
 		}
 	}
+}
+
+// readLeft reads at most the b.left bytes still due (of the body or of
+// the chunk); the connection ending first is io.ErrUnexpectedEOF.
+func (b *Body) readLeft(p []byte) (int, error) {
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.br.Read(p)
+	b.left -= int64(n)
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
 }
 
 func (b *Body) fail(err error) error {

@@ -245,12 +245,11 @@ func ReadRequest(br *bufio.Reader, req *Request, max int) error {
 			return badRequest("invalid character in request target")
 		}
 	}
-	switch minor, err := parseVersion(rest[sp2+1:]); {
-	case err != nil:
+	minor, err := parseVersion(rest[sp2+1:])
+	if err != nil {
 		return err
-	default:
-		req.Minor = minor
 	}
+	req.Minor = minor
 	req.Header = req.h.fields(req.Header)
 	return req.frame()
 }
