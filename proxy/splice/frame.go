@@ -70,6 +70,7 @@ type dir struct {
 	chargeChunks bool  // the current frame's payload is charged to the byte bucket as it arrives
 	hold         [ws.MaxHeaderSize + pingLen]byte
 	peek         [1]byte // readiness probe target
+	hup          bool    // inline: src hung up or failed; read it to its end
 	rbuf         *[]byte // what readInto read into, for pump; nil = nothing
 	rn           int     // bytes readInto read
 	rerr         error   // and the error it met (io.EOF at the end)

@@ -144,7 +144,12 @@ type rigConfig struct {
 	clientPair                      transport     // overrides pair for the client side
 	noRun                           bool          // the test calls run itself
 	quiet                           time.Duration // the session's quiet period; 0 = -splice.quiet, else quietPeriod
+	hybrid                          bool          // never inline: goroutines drive the directions (also forceHybrid)
 }
+
+// forceHybrid makes every rig's session run without the inline driver, for
+// TestHybridDriver, which runs the other tests again that way.
+var forceHybrid bool
 
 // testQuiet shortens the quiet period of every rig's session: with a few
 // milliseconds, directions park and wake all through the tests, which then
@@ -175,6 +180,9 @@ func newRig(t *testing.T, cfg rigConfig) *rig {
 	r.s = New(pc, cfg.clientBuffered, pb, cfg.backendBuffered, cfg.opt)
 	if q := cmp.Or(cfg.quiet, *testQuiet); q > 0 {
 		r.s.quiet = q
+	}
+	if cfg.hybrid || forceHybrid {
+		r.s.inline = false
 	}
 	t.Cleanup(func() {
 		c.Close()

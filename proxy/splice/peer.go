@@ -32,16 +32,26 @@ const maxReason = 16
 // sets pendPing or pendClose and tries the lock (kick); whoever holds the lock
 // writes what is pending as soon as the stream is at a frame boundary, and
 // tries again after unlocking, so nothing pending is left behind.
+//
+// In an inline session nobody waits for a write under the lock: what the
+// socket does not take at once goes to pend, in order, and a goroutine of
+// the session (drain) writes it out as the peer reads. The one direction
+// that feeds the peer reads no more from its source meanwhile (it is the
+// waiter), so pend holds at most one read's worth and a few control frames.
 type peer struct {
 	conn net.Conn
 	raw  syscall.RawConn // readiness without a buffer; nil: blocking reads
 	tls  bool            // conn is a *tls.Conn
 	side side
 
-	wmu      sync.Mutex
-	midFrame bool  // guarded by wmu: the stream is inside a frame
-	closed   bool  // guarded by wmu: a close frame was written, or a write failed
-	wdl      int64 // guarded by wmu: write deadline last set, in nanoseconds since Run began
+	wmu         sync.Mutex
+	midFrame    bool    // guarded by wmu: the stream is inside a frame
+	closed      bool    // guarded by wmu: a close frame was written, or a write failed
+	wdl         int64   // guarded by wmu: write deadline last set, in nanoseconds since Run began
+	pend        *[]byte // guarded by wmu: inline: bytes the socket has not taken yet; nil = none
+	poff        int     // guarded by wmu: of pend, bytes written already
+	closeQueued bool    // guarded by wmu: pend holds a close frame
+	waiter      *dir    // guarded by wmu: the direction waiting for pend to drain
 
 	closeSent  atomic.Bool   // a close frame was written, forwarded or the proxy's
 	proxyClose atomic.Bool   // the proxy's own close frame was written: the next close from this peer answers it
@@ -90,7 +100,7 @@ func (s *Session) send(p *peer, b []byte, boundary, closes bool, now time.Time) 
 		if closes {
 			p.closed = true
 			p.closeSent.Store(true)
-			closedNow = true
+			closedNow = p.sentLocked()
 		} else if boundary && p.hasPending() {
 			closedNow, err = s.flushPendingLocked(p, now)
 		}
@@ -173,9 +183,19 @@ func (s *Session) flushPendingLocked(p *peer, now time.Time) (closedNow bool, er
 		p.closed = true
 		p.closeSent.Store(true)
 		p.proxyClose.Store(true)
-		return true, nil
+		return p.sentLocked(), nil
 	}
 	return false, nil
+}
+
+// sentLocked reports whether a close frame just written to p has left: if
+// it waits in pend, drain reports it when it goes.
+func (p *peer) sentLocked() bool {
+	if p.pend != nil {
+		p.closeQueued = true
+		return false
+	}
+	return true
 }
 
 // frame builds a control frame for p: masked toward the backend, where the
@@ -201,6 +221,9 @@ func (p *peer) frame(op ws.OpCode, payload []byte) []byte {
 // when it has used up an eighth of its span, so that a busy stream does not
 // pay for a deadline change per write.
 func (s *Session) writeLocked(p *peer, b []byte, now time.Time) error {
+	if s.inline {
+		return s.queueLocked(p, b)
+	}
 	wt := s.opt.WriteTimeout
 	switch at := int64(now.Sub(s.start)); {
 	case s.hurry.Load():
@@ -214,4 +237,80 @@ func (s *Session) writeLocked(p *peer, b []byte, now time.Time) error {
 		p.closed = true
 	}
 	return err
+}
+
+// pendPool holds pending buffers for inline sessions' slow peers.
+var pendPool = sync.Pool{New: func() any { b := make([]byte, 0, bufSize); return &b }}
+
+// queueLocked writes b to p without waiting: what the socket does not take
+// now is appended to pend, and the first bytes to go there start a drain.
+func (s *Session) queueLocked(p *peer, b []byte) error {
+	if p.pend == nil {
+		n, err := p.writeNow(b)
+		if err != nil {
+			p.closed = true
+			return err
+		}
+		if n == len(b) {
+			return nil
+		}
+		b = b[n:]
+		p.pend = pendPool.Get().(*[]byte)
+		s.refs.Add(1) // the drain's; the caller holds one, so teardown has not finished
+		go s.drain(p)
+	}
+	*p.pend = append(*p.pend, b...)
+	return nil
+}
+
+// drain writes p's pending bytes as p takes them, within the write timeout,
+// then lets the direction that waited for them go on.
+func (s *Session) drain(p *peer) {
+	defer s.release()
+	wt := s.opt.WriteTimeout
+	if s.hurry.Load() {
+		wt = hurryWriteTimeout
+	}
+	p.conn.SetWriteDeadline(time.Now().Add(wt))
+	var werr error
+	err := p.raw.Write(func(fd uintptr) bool {
+		p.wmu.Lock()
+		defer p.wmu.Unlock()
+		for b := *p.pend; p.poff < len(b); {
+			n, err := p.writeFd(fd, b[p.poff:])
+			if err == errWouldBlock {
+				return false // wait until p can take more
+			}
+			if err != nil {
+				werr = err
+				break
+			}
+			p.poff += n
+		}
+		return true
+	})
+	if werr == nil {
+		werr = err // the deadline passed, or the connection closed
+	}
+	p.wmu.Lock()
+	closedNow := werr == nil && p.closeQueued
+	if werr != nil {
+		p.closed = true
+	}
+	p.closeQueued = false
+	*p.pend = (*p.pend)[:0]
+	if cap(*p.pend) == bufSize {
+		pendPool.Put(p.pend)
+	}
+	p.pend, p.poff = nil, 0
+	w := p.waiter
+	p.waiter = nil
+	p.wmu.Unlock()
+	s.afterWrite(p, closedNow, werr)
+	if w != nil {
+		s.resume(w)
+	}
+	if werr == nil && p.hasPending() {
+		s.kick(p)
+	}
 }

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // The hybrid driver. A direction that has bytes to move runs as on other
@@ -56,22 +59,48 @@ import (
 // stays in it, disarmed while the direction runs, until the session ends:
 // later parks re-arm it (EPOLL_CTL_MOD). A session that never goes quiet is
 // never added.
+//
+// Inline sessions skip all of that. When both peers are plain sockets and no
+// rate limit can make a direction wait (Session.inline), both directions are
+// registered edge-triggered for good when the session starts, and the
+// poller's goroutine itself reads each readable source into its own buffer
+// and handles the frames, as nginx's event loop does: no goroutine, no park
+// and wake-up, and no read that meets EAGAIN after each frame (a read that
+// returns less than the buffer has emptied the socket, and the next arrival
+// is reported again). Writes to the peers never block there: what a peer
+// cannot take at once waits in its pending buffer, a goroutine of the
+// session drains it (peer.go), and the direction feeding that peer reads
+// nothing more until it is drained (evWaiting).
+//
+// There is one poller per P (GOMAXPROCS at first use), and sessions are
+// spread over them in turn, so that inline sessions use every core as
+// goroutines would. Each poller's goroutine waits for its epoll instance to
+// become readable through Go's own netpoller (an epoll descriptor can be
+// polled like a socket), not in a blocking epoll_wait: a thread blocked in a
+// system call would make the scheduler hand its P to another thread, and
+// every wake-up would cost a thread switch.
 
 // Driver states of a direction under the hybrid driver (dir.ev). The zero
 // value is for a direction that cannot be parked.
 const (
 	evNone     int32 = iota // never parked: a goroutine drives it for good
 	evIdle                  // parked: registered and armed; no goroutine
-	evRunning               // a goroutine drives it
+	evRunning               // a goroutine drives it (inline: the poller's goroutine serves it)
 	evNotified              // as evRunning while it parks, and readiness was reported meanwhile
 	evDone                  // its source is finished; it is driven no more
+	evWaiting               // inline: it waits for its destination's pending bytes to drain
+	evTorn                  // inline: teardown came while it was served; whoever serves it ends it
+	evStarting              // inline: being registered
+	evMissed                // inline: being registered, and readiness was reported meanwhile
 )
 
 // watch is a registration in the poller: a direction and its session.
 type watch struct {
 	s   *Session
 	d   *dir
-	gen uint32 // tells a registration from an earlier one in the same slot
+	gen    uint32 // tells a registration from an earlier one in the same slot
+	inline bool   // the poller's goroutine serves d (see Session.serve)
+	hup    bool   // the report said the source hung up or failed
 }
 
 // poller owns the epoll instance and the goroutine waiting on it. The
@@ -83,7 +112,9 @@ type poller struct {
 	once    sync.Once
 	initErr error
 	epfd    int
-	wake    [2]int // pipe: written to make the goroutine look at n
+	file    *os.File        // epfd as Go's netpoller knows it (its finalizer must not run)
+	ep      syscall.RawConn // file's, to wait on
+	wake    [2]int          // pipe: written to make the goroutine look at n and again
 
 	mu      sync.Mutex
 	slots   []watch  // guarded by mu; index = token>>32
@@ -91,9 +122,24 @@ type poller struct {
 	gen     uint32   // guarded by mu; last generation handed out
 	n       int      // guarded by mu; registered sockets
 	running bool     // guarded by mu; the wait goroutine runs
+	again   []watch  // guarded by mu; inline directions to serve without a report
+	nagain  atomic.Int32
 }
 
-var thePoller poller
+// pollers holds one poller per P; next spreads sessions over them.
+var pollers struct {
+	once sync.Once
+	all  []poller
+	next atomic.Uint32
+}
+
+// pickPoller returns the poller for a new session.
+func pickPoller() *poller {
+	pollers.once.Do(func() {
+		pollers.all = make([]poller, max(1, min(runtime.GOMAXPROCS(0), 64)))
+	})
+	return &pollers.all[pollers.next.Add(1)%uint32(len(pollers.all))]
+}
 
 // wakeToken marks the pipe's events; slot tokens have a generation >= 1.
 const wakeToken = 0
@@ -112,11 +158,24 @@ func (p *poller) init() error {
 		}
 		ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
 		setToken(&ev, wakeToken)
-		if err := syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, p.wake[0], &ev); err != nil {
+		err = syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, p.wake[0], &ev)
+		if err != nil {
+			err = fmt.Errorf("splice: registering poller wake-up pipe: %w", err)
+		} else if err = syscall.SetNonblock(fd, true); err != nil {
+			err = fmt.Errorf("splice: making epoll instance non-blocking: %w", err)
+		} else {
+			// A non-blocking descriptor given to os.NewFile joins Go's
+			// netpoller; the file is kept for the life of the process.
+			p.file = os.NewFile(uintptr(fd), "splice-epoll")
+			if p.ep, err = p.file.SyscallConn(); err != nil {
+				err = fmt.Errorf("splice: polling epoll instance: %w", err)
+			}
+		}
+		if err != nil {
 			syscall.Close(fd)
 			syscall.Close(p.wake[0])
 			syscall.Close(p.wake[1])
-			p.initErr = fmt.Errorf("splice: registering poller wake-up pipe: %w", err)
+			p.initErr = err
 			return
 		}
 		p.epfd = fd
@@ -136,12 +195,19 @@ func tokenOf(ev *syscall.EpollEvent) uint64 {
 // arming. Errors and hang-ups are always reported.
 const pollFlags = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 
+// inlineFlags: readable or half closed, reported at each arrival
+// (edge-triggered) for as long as the socket is registered.
+const inlineFlags = syscall.EPOLLIN | syscall.EPOLLRDHUP | -syscall.EPOLLET
+
+// hupFlags are the reports after which a source must be read to its end.
+const hupFlags = syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR
+
 // startPolled starts d under the hybrid driver and reports whether it could;
 // if not, the caller drives d with a goroutine for good. The session holds a
 // reference for d that dirDone or unwatch releases. It is called with s.mu
 // held.
 func (s *Session) startPolled(d *dir) bool {
-	if d.src.raw == nil || thePoller.init() != nil {
+	if d.src.raw == nil || s.pl.init() != nil {
 		return false
 	}
 	d.readyFn = d.probeFn()
@@ -150,10 +216,49 @@ func (s *Session) startPolled(d *dir) bool {
 	return true
 }
 
-// register adds d's socket to the epoll set, armed. It is called with s.mu
-// held, before teardown, so that teardown finds d's token as it is.
-func (s *Session) register(d *dir) error {
-	p := &thePoller
+// startInline registers both directions of an inline session with its
+// poller, and reports whether it could; if not, the session runs as any
+// other. It is called with s.mu held. Each direction holds a reference that
+// dirDone, idleDone or unwatch releases.
+func (s *Session) startInline() bool {
+	if s.pl.init() != nil {
+		return false
+	}
+	// Reports that come before both are registered only mark the
+	// direction (evMissed); it is served once the session is fully in.
+	for _, d := range []*dir{&s.b2c, &s.c2b} {
+		d.ev.Store(evStarting)
+		if err := s.register(d, inlineFlags); err != nil {
+			if s.b2c.token != 0 {
+				s.b2c.deregister(s.pl)
+				s.b2c.token = 0
+			}
+			s.b2c.ev.Store(evNone)
+			s.c2b.ev.Store(evNone)
+			return false
+		}
+	}
+	s.refs.Add(2)
+	if testHookRegistered != nil {
+		testHookRegistered()
+	}
+	for _, d := range []*dir{&s.b2c, &s.c2b} {
+		if !d.ev.CompareAndSwap(evStarting, evIdle) || len(d.pre) > 0 {
+			d.ev.Store(evIdle)
+			s.pl.requeue(watch{s: s, d: d, gen: uint32(d.token), inline: true})
+		}
+	}
+	return true
+}
+
+// testHookRegistered, when set by a test, runs in startInline between the
+// registrations and the directions' going idle.
+var testHookRegistered func()
+
+// register adds d's socket to the epoll set, armed with flags. It is called
+// with s.mu held, before teardown, so that teardown finds d's token as it is.
+func (s *Session) register(d *dir, flags uint32) error {
+	p := s.pl
 	p.mu.Lock()
 	var i uint32
 	if k := len(p.free); k > 0 {
@@ -167,7 +272,7 @@ func (s *Session) register(d *dir) error {
 	if p.gen == wakeToken {
 		p.gen++
 	}
-	p.slots[i] = watch{s: s, d: d, gen: p.gen}
+	p.slots[i] = watch{s: s, d: d, gen: p.gen, inline: flags == inlineFlags}
 	d.token = uint64(i)<<32 | uint64(p.gen)
 	p.n++
 	if !p.running {
@@ -178,7 +283,7 @@ func (s *Session) register(d *dir) error {
 
 	var cerr error
 	err := d.src.raw.Control(func(fd uintptr) {
-		ev := syscall.EpollEvent{Events: pollFlags}
+		ev := syscall.EpollEvent{Events: flags}
 		setToken(&ev, d.token)
 		cerr = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
 	})
@@ -212,15 +317,60 @@ func (p *poller) unregister(d *dir) {
 	}
 }
 
-// wait is the poller's goroutine: it hands readable directions to
-// goroutines of their own, and returns when no socket is registered.
+// requeue has the poller's goroutine serve inline direction w.d as if its
+// source had been reported readable: for bytes read before the session
+// began, after a wait for its destination, or after a turn cut short.
+func (p *poller) requeue(w watch) {
+	p.mu.Lock()
+	p.again = append(p.again, w)
+	p.nagain.Store(int32(len(p.again)))
+	p.mu.Unlock()
+	var b [1]byte
+	syscall.Write(p.wake[1], b[:])
+}
+
+// epollWait fetches the reports waiting in p's epoll instance, without
+// blocking. It returns 0 and nil when there are none.
+func (p *poller) epollWait(fd uintptr, events []syscall.EpollEvent) (int, error) {
+	for {
+		r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])),
+			uintptr(len(events)), 0, 0, 0)
+		switch e {
+		case 0:
+			return int(r), nil
+		case syscall.EINTR:
+			continue
+		default:
+			return 0, e
+		}
+	}
+}
+
+// wait is the poller's goroutine: it serves readable inline directions
+// itself, hands the others to goroutines of their own, and returns when no
+// socket is registered.
 func (p *poller) wait() {
 	var events [128]syscall.EpollEvent
 	ready := make([]watch, 0, len(events))
+	var buf *[]byte // the inline directions' read buffer, while this goroutine runs
+	defer func() {
+		if buf != nil {
+			bufPool.Put(buf)
+		}
+	}()
+	var n int
+	var err error
+	fetch := func(fd uintptr) bool {
+		n, err = p.epollWait(fd, events[:])
+		return n > 0 || err != nil || p.nagain.Load() > 0
+	}
 	for {
-		n, err := syscall.EpollWait(p.epfd, events[:], -1)
-		if err == syscall.EINTR {
-			continue
+		n, err = 0, nil
+		// Wait on Go's netpoller, unless directions are queued already.
+		if p.nagain.Load() > 0 {
+			p.ep.Control(func(fd uintptr) { fetch(fd) })
+		} else if werr := p.ep.Read(fetch); werr != nil && err == nil {
+			err = werr
 		}
 		if err != nil {
 			// Only a bad descriptor or buffer fails epoll_wait: a bug.
@@ -242,9 +392,20 @@ func (p *poller) wait() {
 			// A report fetched before its registration was removed finds
 			// the slot empty or reused: it is dropped.
 			if int(k) < len(p.slots) && p.slots[k].gen == gen && p.slots[k].d != nil {
-				ready = append(ready, p.slots[k])
+				w := p.slots[k]
+				w.hup = events[i].Events&hupFlags != 0
+				ready = append(ready, w)
 			}
 		}
+		for _, w := range p.again {
+			k := uint32(w.d.token >> 32)
+			if w.d.token != 0 && uint32(w.d.token) == w.gen && int(k) < len(p.slots) && p.slots[k].d == w.d {
+				ready = append(ready, w)
+			}
+		}
+		clear(p.again)
+		p.again = p.again[:0]
+		p.nagain.Store(0)
 		if p.n == 0 {
 			p.running = false
 			p.mu.Unlock()
@@ -252,7 +413,16 @@ func (p *poller) wait() {
 		}
 		p.mu.Unlock()
 		for i, w := range ready {
-			w.s.notify(w.d)
+			if w.inline {
+				if buf == nil {
+					buf = bufPool.Get().(*[]byte)
+				}
+				if w.s.serve(w.d, *buf, w.hup) {
+					p.requeue(w)
+				}
+			} else {
+				w.s.notify(w.d)
+			}
 			ready[i] = watch{}
 		}
 		ready = ready[:0]
@@ -352,7 +522,7 @@ func (s *Session) park(d *dir) (parked bool, err error) {
 		return false, net.ErrClosed // teardown closes the connections
 	}
 	if d.token == 0 {
-		if err := s.register(d); err != nil {
+		if err := s.register(d, pollFlags); err != nil {
 			// The socket cannot be polled: d keeps its goroutine for
 			// good, and needs no quiet deadline any more.
 			d.ev.Store(evNone)
@@ -377,7 +547,7 @@ func (s *Session) arm(d *dir) error {
 	err := d.src.raw.Control(func(fd uintptr) {
 		ev := syscall.EpollEvent{Events: pollFlags}
 		setToken(&ev, d.token)
-		cerr = syscall.EpollCtl(thePoller.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
+		cerr = syscall.EpollCtl(s.pl.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
 	})
 	if err != nil {
 		return err // closed: teardown
@@ -391,17 +561,17 @@ func (s *Session) arm(d *dir) error {
 
 // deregister removes d's socket from the epoll set, if the connection is
 // still open (a closed one left the set when its descriptor was closed).
-func (d *dir) deregister() {
+func (d *dir) deregister(p *poller) {
 	d.src.raw.Control(func(fd uintptr) {
-		syscall.EpollCtl(thePoller.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
+		syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
 	})
-	thePoller.unregister(d)
+	p.unregister(d)
 }
 
-// dirDone ends d after its source is finished, from d's own goroutine.
+// dirDone ends d after its source is finished, from whoever drives d.
 func (s *Session) dirDone(d *dir) {
 	if d.token != 0 {
-		d.deregister()
+		d.deregister(s.pl)
 	}
 	d.ev.Store(evDone)
 	s.release()
@@ -409,14 +579,117 @@ func (s *Session) dirDone(d *dir) {
 
 // unwatch is teardown's part for d, before the connections close: d leaves
 // the epoll set (so that a descriptor number reused by another socket is not
-// reported as ours), and if no goroutine drives it, its reference goes.
-// A running goroutine finds the connection closed and ends d itself.
+// reported as ours), and if nobody drives it, its reference goes. A running
+// goroutine finds the connection closed and ends d itself; the poller's
+// goroutine serving an inline d finds evTorn when it is done with it.
 func (s *Session) unwatch(d *dir) {
 	if d.token == 0 {
 		return // driven by a goroutine of its own
 	}
-	d.deregister()
-	if d.ev.CompareAndSwap(evIdle, evDone) {
+	d.deregister(s.pl)
+	for {
+		switch st := d.ev.Load(); st {
+		case evIdle, evWaiting:
+			if d.ev.CompareAndSwap(st, evDone) {
+				s.release()
+				return
+			}
+		case evRunning:
+			if !s.inline || d.ev.CompareAndSwap(evRunning, evTorn) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+// serve handles an inline direction on the poller's goroutine: it reads
+// what d's source holds into buf and handles it, never blocking. A read that
+// does not fill buf has emptied the socket (edge-triggered epoll reports the
+// next arrival), unless the source hung up (hup), when it is read until it
+// ends. serve stops early when d's destination has bytes pending (d then
+// waits for them; see waitDst) and after maxTurns full buffers, reporting
+// that d should be served again after the others.
+func (s *Session) serve(d *dir, buf []byte, hup bool) (again bool) {
+	// A hang-up is remembered even when the report is not acted on now:
+	// the serve that follows a wait or the start reads to the end.
+	d.hup = d.hup || hup
+	for started := false; !started; {
+		switch st := d.ev.Load(); st {
+		case evIdle:
+			started = d.ev.CompareAndSwap(evIdle, evRunning)
+		case evStarting:
+			if d.ev.CompareAndSwap(evStarting, evMissed) {
+				return false // startInline serves it
+			}
+		default:
+			return false // done, or waiting for its destination
+		}
+	}
+	if d.readCap > 0 && d.readCap < len(buf) {
+		buf = buf[:d.readCap]
+	}
+	if len(d.pre) > 0 {
+		d.bytes.Add(int64(len(d.pre)))
+		s.feed(d, d.pre, time.Now())
+		d.pre = nil
+		if s.waitDst(d) {
+			return false
+		}
+	}
+	for turn := 1; ; turn++ {
+		n, err := d.readNow(buf)
+		if n > 0 {
+			d.bytes.Add(int64(n))
+			s.feed(d, buf[:n], time.Now())
+		}
+		if err != nil && err != errWouldBlock {
+			s.sourceDone(d, err)
+			s.dirDone(d)
+			return false
+		}
+		if s.waitDst(d) {
+			return false
+		}
+		if err == errWouldBlock || (n < len(buf) && !d.hup) {
+			break
+		}
+		if turn == maxTurns {
+			again = true
+			break
+		}
+	}
+	if !d.ev.CompareAndSwap(evRunning, evIdle) {
+		// Torn down meanwhile: unwatch left d's end to us.
+		d.ev.Store(evDone)
 		s.release()
+		return false
+	}
+	return again
+}
+
+// maxTurns is how many full buffers serve reads from one source before it
+// lets the poller's other directions have theirs.
+const maxTurns = 4
+
+// waitDst reports whether inline direction d must wait before it reads
+// again, because its destination has bytes pending: then d is the
+// destination's waiter, to be served again (resume) once they are drained.
+func (s *Session) waitDst(d *dir) bool {
+	p := d.dst
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	if p.pend == nil || !d.ev.CompareAndSwap(evRunning, evWaiting) {
+		return false // nothing pending, or torn down: serve ends d
+	}
+	p.waiter = d
+	return true
+}
+
+// resume serves d again after its wait for its destination.
+func (s *Session) resume(d *dir) {
+	if d.ev.CompareAndSwap(evWaiting, evIdle) {
+		s.pl.requeue(watch{s: s, d: d, gen: uint32(d.token), inline: true})
 	}
 }

@@ -50,7 +50,7 @@ func shutdownRig(t *testing.T, r *rig) Stats {
 // the epoll set, across several quiet periods.
 func TestBusySessionNeverParks(t *testing.T) {
 	const quiet = 300 * time.Millisecond
-	r := newRig(t, rigConfig{quiet: quiet})
+	r := newRig(t, rigConfig{quiet: quiet, hybrid: true})
 	for i, end := 0, time.Now().Add(4*quiet); time.Now().Before(end); i++ {
 		echo(t, r, i)
 	}
@@ -68,7 +68,7 @@ func TestBusySessionNeverParks(t *testing.T) {
 // directions are parked shuts down normally.
 func TestParkAndWake(t *testing.T) {
 	base := runtime.NumGoroutine()
-	r := newRig(t, rigConfig{quiet: 5 * time.Millisecond})
+	r := newRig(t, rigConfig{quiet: 5 * time.Millisecond, hybrid: true})
 	for i := range 5 {
 		waitParked(t, r)
 		// The rig's Run goroutine and the poller's may run; the

@@ -89,3 +89,71 @@ func (d *dir) probeFn() func(fd uintptr) bool {
 	}
 	return d.readInto
 }
+
+// canInline says inline sessions are possible here (see poll_linux.go).
+const canInline = true
+
+// errWouldBlock is what readNow and writeFd return when the socket cannot
+// read or write without waiting.
+var errWouldBlock = syscall.EAGAIN
+
+// readNow reads what d's source socket holds into buf without waiting. The
+// system call is a raw one: it cannot block, so the scheduler need not know.
+func (d *dir) readNow(buf []byte) (n int, err error) {
+	var e syscall.Errno
+	cerr := d.src.raw.Control(func(fd uintptr) {
+		for {
+			r, _, en := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			if en != syscall.EINTR {
+				n, e = int(r), en
+				return
+			}
+		}
+	})
+	switch {
+	case cerr != nil:
+		return 0, cerr
+	case e == syscall.EAGAIN:
+		return 0, errWouldBlock
+	case e != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", e)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// writeNow writes as much of b to p as its socket takes without waiting.
+func (p *peer) writeNow(b []byte) (n int, err error) {
+	cerr := p.raw.Control(func(fd uintptr) {
+		for n < len(b) && err == nil {
+			var k int
+			k, err = p.writeFd(fd, b[n:])
+			n += k
+		}
+	})
+	if err == errWouldBlock {
+		err = nil
+	}
+	if cerr != nil {
+		err = cerr
+	}
+	return n, err
+}
+
+// writeFd makes one non-blocking write of b to fd, retried on EINTR.
+func (p *peer) writeFd(fd uintptr, b []byte) (int, error) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch e {
+		case 0:
+			return int(r), nil
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return 0, errWouldBlock
+		default:
+			return 0, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", e)}
+		}
+	}
+}

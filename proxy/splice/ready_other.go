@@ -3,6 +3,7 @@
 package splice
 
 import (
+	"errors"
 	"net"
 	"syscall"
 )
@@ -15,3 +16,14 @@ func (d *dir) ready(uintptr) bool { return true }
 
 // probeFn returns the callback pump waits on src with.
 func (d *dir) probeFn() func(fd uintptr) bool { return d.ready }
+
+// canInline: inline sessions need the Linux poller.
+const canInline = false
+
+var errWouldBlock = errors.New("would block")
+
+func (d *dir) readNow([]byte) (int, error) { return 0, errWouldBlock }
+
+func (p *peer) writeNow([]byte) (int, error) { return 0, errWouldBlock }
+
+func (p *peer) writeFd(uintptr, []byte) (int, error) { return 0, errWouldBlock }

@@ -195,6 +195,8 @@ type Session struct {
 	client, backend peer
 	c2b, b2c        dir
 
+	pl         *poller // the poller of its sockets (Linux)
+	inline     bool    // both directions run on the poller's goroutine, and writes never block (see poll_linux.go)
 	start      time.Time
 	quiet      time.Duration // a direction parks after this long without bytes: quietPeriod (tests shorten it)
 	lastActive atomic.Int64  // nanoseconds since start of the last forwarded write
@@ -261,6 +263,11 @@ func New(client net.Conn, clientBuffered []byte, backend net.Conn, backendBuffer
 	// checked as a server checks them; toward the backend it is the client.
 	s.c2b.init(&s.client, &s.backend, clientBuffered, ws.StateServerSide|ext)
 	s.b2c.init(&s.backend, &s.client, backendBuffered, ws.StateClientSide|ext)
+	s.pl = pickPoller()
+	// Inline needs both sockets read and written by the poller's goroutine,
+	// which must never wait: not for crypto/tls, nor for a rate limit.
+	s.inline = canInline && s.client.raw != nil && s.backend.raw != nil &&
+		!s.client.tls && !s.backend.tls && (s.lim == nil || opt.CloseOnLimit)
 	if b := s.lim.ByteBurst(); b > 0 {
 		// Read no more than the byte bucket can ever pay for at once: a
 		// throttled client is then held back by TCP, not by our buffer.
@@ -322,8 +329,13 @@ func (s *Session) Start(ctx context.Context, done func(Stats)) {
 	}
 	// The directions start under mu, so that a teardown (a context already
 	// done) comes after both are fully registered with the poller.
-	s.startDir(&s.b2c)
-	s.startDir(&s.c2b)
+	if s.inline && !s.startInline() {
+		s.inline = false
+	}
+	if !s.inline {
+		s.startDir(&s.b2c)
+		s.startDir(&s.c2b)
+	}
 	s.mu.Unlock()
 }
 
