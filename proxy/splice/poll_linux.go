@@ -96,8 +96,8 @@ const (
 
 // watch is a registration in the poller: a direction and its session.
 type watch struct {
-	s   *Session
-	d   *dir
+	s      *Session
+	d      *dir
 	gen    uint32 // tells a registration from an earlier one in the same slot
 	inline bool   // the poller's goroutine serves d (see Session.serve)
 	hup    bool   // the report said the source hung up or failed
