@@ -45,13 +45,17 @@ type peer struct {
 	side side
 
 	wmu         sync.Mutex
-	midFrame    bool    // guarded by wmu: the stream is inside a frame
-	closed      bool    // guarded by wmu: a close frame was written, or a write failed
-	wdl         int64   // guarded by wmu: write deadline last set, in nanoseconds since Run began
-	pend        *[]byte // guarded by wmu: inline: bytes the socket has not taken yet; nil = none
-	poff        int     // guarded by wmu: of pend, bytes written already
-	closeQueued bool    // guarded by wmu: pend holds a close frame
-	waiter      *dir    // guarded by wmu: the direction waiting for pend to drain
+	midFrame    bool             // guarded by wmu: the stream is inside a frame
+	closed      bool             // guarded by wmu: a close frame was written, or a write failed
+	wdl         int64            // guarded by wmu: write deadline last set, in nanoseconds since Run began
+	pend        *[]byte          // guarded by wmu: inline: bytes the socket has not taken yet; nil = none
+	poff        int              // guarded by wmu: of pend, bytes written already
+	closeQueued bool             // guarded by wmu: pend holds a close frame
+	waiter      *dir             // guarded by wmu: the direction waiting for pend to drain
+	writeCb     func(fd uintptr) // guarded by wmu: writeRaw, bound once
+	wrBuf       []byte           // guarded by wmu: writeRaw's bytes, for the length of the call
+	wrN         int              // guarded by wmu: of wrBuf, bytes written
+	wrErr       error            // guarded by wmu: the error writeRaw met
 
 	closeSent  atomic.Bool   // a close frame was written, forwarded or the proxy's
 	proxyClose atomic.Bool   // the proxy's own close frame was written: the next close from this peer answers it

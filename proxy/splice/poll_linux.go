@@ -364,11 +364,12 @@ func (p *poller) wait() {
 		n, err = p.epollWait(fd, events[:])
 		return n > 0 || err != nil || p.nagain.Load() > 0
 	}
+	fetchNow := func(fd uintptr) { fetch(fd) }
 	for {
 		n, err = 0, nil
 		// Wait on Go's netpoller, unless directions are queued already.
 		if p.nagain.Load() > 0 {
-			p.ep.Control(func(fd uintptr) { fetch(fd) })
+			p.ep.Control(fetchNow)
 		} else if werr := p.ep.Read(fetch); werr != nil && err == nil {
 			err = werr
 		}

@@ -100,38 +100,48 @@ var errWouldBlock = syscall.EAGAIN
 // readNow reads what d's source socket holds into buf without waiting. The
 // system call is a raw one: it cannot block, so the scheduler need not know.
 func (d *dir) readNow(buf []byte) (n int, err error) {
-	var e syscall.Errno
-	cerr := d.src.raw.Control(func(fd uintptr) {
-		for {
-			r, _, en := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
-			if en != syscall.EINTR {
-				n, e = int(r), en
-				return
-			}
-		}
-	})
+	if d.readCb == nil {
+		d.readCb = d.readRaw // bound once: a closure per read would allocate
+	}
+	d.rdBuf = buf
+	cerr := d.src.raw.Control(d.readCb)
+	d.rdBuf = nil
+	n, e := d.rdN, d.rdErr
 	switch {
 	case cerr != nil:
 		return 0, cerr
 	case e == syscall.EAGAIN:
 		return 0, errWouldBlock
 	case e != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", e)}
+		return 0, &net.OpError{Op: "read", Net: d.src.conn.LocalAddr().Network(), Err: os.NewSyscallError("read", e)}
 	case n == 0:
 		return 0, io.EOF
 	}
 	return n, nil
 }
 
+// readRaw is readNow's callback: one read of fd into d.rdBuf.
+func (d *dir) readRaw(fd uintptr) {
+	for {
+		// recvfrom rather than read: a socket call skips the file layer's
+		// position lock (fdget_pos) and iterator set-up, as nginx's recv.
+		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&d.rdBuf[0])), uintptr(len(d.rdBuf)), 0, 0, 0)
+		if e != syscall.EINTR {
+			d.rdN, d.rdErr = int(r), e
+			return
+		}
+	}
+}
+
 // writeNow writes as much of b to p as its socket takes without waiting.
 func (p *peer) writeNow(b []byte) (n int, err error) {
-	cerr := p.raw.Control(func(fd uintptr) {
-		for n < len(b) && err == nil {
-			var k int
-			k, err = p.writeFd(fd, b[n:])
-			n += k
-		}
-	})
+	if p.writeCb == nil {
+		p.writeCb = p.writeRaw
+	}
+	p.wrBuf, p.wrN, p.wrErr = b, 0, nil
+	cerr := p.raw.Control(p.writeCb)
+	n, err = p.wrN, p.wrErr
+	p.wrBuf, p.wrErr = nil, nil
 	if err == errWouldBlock {
 		err = nil
 	}
@@ -141,10 +151,25 @@ func (p *peer) writeNow(b []byte) (n int, err error) {
 	return n, err
 }
 
+// writeRaw is writeNow's callback: it writes p.wrBuf to fd until it is all
+// written or the socket would block.
+func (p *peer) writeRaw(fd uintptr) {
+	for p.wrN < len(p.wrBuf) {
+		k, err := p.writeFd(fd, p.wrBuf[p.wrN:])
+		if err != nil {
+			p.wrErr = err
+			return
+		}
+		p.wrN += k
+	}
+}
+
 // writeFd makes one non-blocking write of b to fd, retried on EINTR.
 func (p *peer) writeFd(fd uintptr, b []byte) (int, error) {
 	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		// sendto rather than write, for the reason readRaw gives; and no
+		// SIGPIPE for a peer that is gone, only EPIPE.
+		r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), syscall.MSG_NOSIGNAL, 0, 0)
 		switch e {
 		case 0:
 			return int(r), nil
@@ -153,7 +178,7 @@ func (p *peer) writeFd(fd uintptr, b []byte) (int, error) {
 		case syscall.EAGAIN:
 			return 0, errWouldBlock
 		default:
-			return 0, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", e)}
+			return 0, &net.OpError{Op: "write", Net: p.conn.LocalAddr().Network(), Err: os.NewSyscallError("write", e)}
 		}
 	}
 }
