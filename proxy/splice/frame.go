@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -70,15 +69,11 @@ type dir struct {
 	drain        bool  // src's stream is over or broken: read and discard
 	chargeChunks bool  // the current frame's payload is charged to the byte bucket as it arrives
 	hold         [ws.MaxHeaderSize + pingLen]byte
-	peek         [1]byte          // readiness probe target
-	hup          bool             // inline: src hung up or failed; read it to its end
-	readCb       func(fd uintptr) // inline: readRaw, bound once
-	rdBuf        []byte           // inline: readRaw's buffer, for the length of the call
-	rdN          int              // inline: what readRaw read
-	rdErr        syscall.Errno    // inline: and the error it met
-	rbuf         *[]byte          // what readInto read into, for pump; nil = nothing
-	rn           int              // bytes readInto read
-	rerr         error            // and the error it met (io.EOF at the end)
+	peek         [1]byte // readiness probe target
+	hup          bool    // inline: src hung up or failed; read it to its end
+	rbuf         *[]byte // what readInto read into, for pump; nil = nothing
+	rn           int     // bytes readInto read
+	rerr         error   // and the error it met (io.EOF at the end)
 
 	// frames and bytes are read by Session.Counts while the direction
 	// runs, hence atomic.

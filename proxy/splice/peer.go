@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -45,17 +46,13 @@ type peer struct {
 	side side
 
 	wmu         sync.Mutex
-	midFrame    bool             // guarded by wmu: the stream is inside a frame
-	closed      bool             // guarded by wmu: a close frame was written, or a write failed
-	wdl         int64            // guarded by wmu: write deadline last set, in nanoseconds since Run began
-	pend        *[]byte          // guarded by wmu: inline: bytes the socket has not taken yet; nil = none
-	poff        int              // guarded by wmu: of pend, bytes written already
-	closeQueued bool             // guarded by wmu: pend holds a close frame
-	waiter      *dir             // guarded by wmu: the direction waiting for pend to drain
-	writeCb     func(fd uintptr) // guarded by wmu: writeRaw, bound once
-	wrBuf       []byte           // guarded by wmu: writeRaw's bytes, for the length of the call
-	wrN         int              // guarded by wmu: of wrBuf, bytes written
-	wrErr       error            // guarded by wmu: the error writeRaw met
+	midFrame    bool    // guarded by wmu: the stream is inside a frame
+	closed      bool    // guarded by wmu: a close frame was written, or a write failed
+	wdl         int64   // guarded by wmu: write deadline last set, in nanoseconds since Run began
+	pend        *[]byte // guarded by wmu: inline: bytes the socket has not taken yet; nil = none
+	poff        int     // guarded by wmu: of pend, bytes written already
+	closeQueued bool    // guarded by wmu: pend holds a close frame
+	waiter      *dir    // guarded by wmu: the direction waiting for pend to drain
 
 	closeSent  atomic.Bool   // a close frame was written, forwarded or the proxy's
 	proxyClose atomic.Bool   // the proxy's own close frame was written: the next close from this peer answers it
@@ -281,12 +278,12 @@ func (s *Session) drain(p *peer) {
 		p.wmu.Lock()
 		defer p.wmu.Unlock()
 		for b := *p.pend; p.poff < len(b); {
-			n, err := p.writeFd(fd, b[p.poff:])
+			n, err := writeFd(fd, b[p.poff:])
 			if err == errWouldBlock {
 				return false // wait until p can take more
 			}
 			if err != nil {
-				werr = err
+				werr = &net.OpError{Op: "write", Net: p.conn.LocalAddr().Network(), Err: os.NewSyscallError("sendto", err)}
 				break
 			}
 			p.poff += n

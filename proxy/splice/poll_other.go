@@ -15,3 +15,6 @@ func (s *Session) startInline() bool { return false }
 func (s *Session) resume(*dir) {}
 
 func (s *Session) unwatch(*dir) {}
+
+// pollers is empty without the Linux poller.
+var pollers struct{ all []poller }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -97,77 +98,100 @@ const canInline = true
 // read or write without waiting.
 var errWouldBlock = syscall.EAGAIN
 
+// rawIO is the state of one raw read or write, kept apart from the
+// session so that an idle session does not carry it: its callback is bound
+// once (a closure per call would allocate), and the objects are pooled.
+type rawIO struct {
+	buf []byte
+	n   int
+	err error
+	rd  func(fd uintptr) // read
+	wr  func(fd uintptr) // write
+}
+
+var rawIOPool = sync.Pool{New: func() any {
+	op := new(rawIO)
+	op.rd, op.wr = op.read, op.write
+	return op
+}}
+
+// read reads fd into op.buf once.
+func (op *rawIO) read(fd uintptr) {
+	for {
+		// recvfrom rather than read: a socket call skips the file layer's
+		// position lock (fdget_pos) and iterator set-up, as nginx's recv.
+		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&op.buf[0])), uintptr(len(op.buf)), 0, 0, 0)
+		switch e {
+		case syscall.EINTR:
+			continue
+		case 0:
+			op.n = int(r)
+		case syscall.EAGAIN:
+			op.err = errWouldBlock
+		default:
+			op.err = e
+		}
+		return
+	}
+}
+
+// write writes op.buf to fd until it is all written or fd would block.
+func (op *rawIO) write(fd uintptr) {
+	for op.n < len(op.buf) {
+		k, err := writeFd(fd, op.buf[op.n:])
+		if err != nil {
+			op.err = err
+			return
+		}
+		op.n += k
+	}
+}
+
 // readNow reads what d's source socket holds into buf without waiting. The
 // system call is a raw one: it cannot block, so the scheduler need not know.
 func (d *dir) readNow(buf []byte) (n int, err error) {
-	if d.readCb == nil {
-		d.readCb = d.readRaw // bound once: a closure per read would allocate
-	}
-	d.rdBuf = buf
-	cerr := d.src.raw.Control(d.readCb)
-	d.rdBuf = nil
-	n, e := d.rdN, d.rdErr
+	op := rawIOPool.Get().(*rawIO)
+	op.buf = buf
+	cerr := d.src.raw.Control(op.rd)
+	n, err = op.n, op.err
+	*op = rawIO{rd: op.rd, wr: op.wr}
+	rawIOPool.Put(op)
 	switch {
 	case cerr != nil:
 		return 0, cerr
-	case e == syscall.EAGAIN:
-		return 0, errWouldBlock
-	case e != 0:
-		return 0, &net.OpError{Op: "read", Net: d.src.conn.LocalAddr().Network(), Err: os.NewSyscallError("read", e)}
+	case err == errWouldBlock:
+		return 0, err
+	case err != nil:
+		return 0, &net.OpError{Op: "read", Net: d.src.conn.LocalAddr().Network(), Err: os.NewSyscallError("recvfrom", err)}
 	case n == 0:
 		return 0, io.EOF
 	}
 	return n, nil
 }
 
-// readRaw is readNow's callback: one read of fd into d.rdBuf.
-func (d *dir) readRaw(fd uintptr) {
-	for {
-		// recvfrom rather than read: a socket call skips the file layer's
-		// position lock (fdget_pos) and iterator set-up, as nginx's recv.
-		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&d.rdBuf[0])), uintptr(len(d.rdBuf)), 0, 0, 0)
-		if e != syscall.EINTR {
-			d.rdN, d.rdErr = int(r), e
-			return
-		}
-	}
-}
-
 // writeNow writes as much of b to p as its socket takes without waiting.
 func (p *peer) writeNow(b []byte) (n int, err error) {
-	if p.writeCb == nil {
-		p.writeCb = p.writeRaw
-	}
-	p.wrBuf, p.wrN, p.wrErr = b, 0, nil
-	cerr := p.raw.Control(p.writeCb)
-	n, err = p.wrN, p.wrErr
-	p.wrBuf, p.wrErr = nil, nil
+	op := rawIOPool.Get().(*rawIO)
+	op.buf = b
+	cerr := p.raw.Control(op.wr)
+	n, err = op.n, op.err
+	*op = rawIO{rd: op.rd, wr: op.wr}
+	rawIOPool.Put(op)
 	if err == errWouldBlock {
 		err = nil
 	}
 	if cerr != nil {
 		err = cerr
+	} else if err != nil {
+		err = &net.OpError{Op: "write", Net: p.conn.LocalAddr().Network(), Err: os.NewSyscallError("sendto", err)}
 	}
 	return n, err
 }
 
-// writeRaw is writeNow's callback: it writes p.wrBuf to fd until it is all
-// written or the socket would block.
-func (p *peer) writeRaw(fd uintptr) {
-	for p.wrN < len(p.wrBuf) {
-		k, err := p.writeFd(fd, p.wrBuf[p.wrN:])
-		if err != nil {
-			p.wrErr = err
-			return
-		}
-		p.wrN += k
-	}
-}
-
 // writeFd makes one non-blocking write of b to fd, retried on EINTR.
-func (p *peer) writeFd(fd uintptr, b []byte) (int, error) {
+func writeFd(fd uintptr, b []byte) (int, error) {
 	for {
-		// sendto rather than write, for the reason readRaw gives; and no
+		// sendto rather than write, for the reason rawIO.read gives; and no
 		// SIGPIPE for a peer that is gone, only EPIPE.
 		r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), syscall.MSG_NOSIGNAL, 0, 0)
 		switch e {
@@ -178,7 +202,7 @@ func (p *peer) writeFd(fd uintptr, b []byte) (int, error) {
 		case syscall.EAGAIN:
 			return 0, errWouldBlock
 		default:
-			return 0, &net.OpError{Op: "write", Net: p.conn.LocalAddr().Network(), Err: os.NewSyscallError("write", e)}
+			return 0, e
 		}
 	}
 }

@@ -26,4 +26,4 @@ func (d *dir) readNow([]byte) (int, error) { return 0, errWouldBlock }
 
 func (p *peer) writeNow([]byte) (int, error) { return 0, errWouldBlock }
 
-func (p *peer) writeFd(uintptr, []byte) (int, error) { return 0, errWouldBlock }
+func writeFd(uintptr, []byte) (int, error) { return 0, errWouldBlock }
