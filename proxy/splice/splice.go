@@ -7,14 +7,18 @@
 // RFC 7692 for RSV1), the per-connection limits of the route, idle and ping
 // timers, and the close handshake on both sides.
 //
-// Memory is the design constraint, and busy sessions must not pay for it. A
-// direction with traffic has a goroutine that waits for its source socket to
-// become readable without holding a buffer, then borrows one from a pool,
-// handles every frame in what arrived, writes it on and gives the buffer back.
-// On Linux a direction quiet for a second gives up its goroutine too: its
-// socket waits in one epoll instance shared by all sessions (poll_linux.go),
-// and the goroutine comes back when it is readable. An idle session then
-// holds no goroutine and no buffer. The per-direction parser state lives in a
+// Memory is the design constraint, and busy sessions must not pay for it. On
+// Linux a session between two plain sockets that no throttle can make wait
+// runs inline: an event loop per P (poll_linux.go) reads each readable
+// source into its own buffer, handles the frames and writes them on without
+// waiting, so the session never has a goroutine or a buffer of its own. In
+// other sessions (TLS, throttling) a direction with traffic has a goroutine
+// that waits for its source socket to become readable without holding a
+// buffer, then borrows one from a pool, handles every frame in what arrived,
+// writes it on and gives the buffer back; on Linux a direction quiet for a
+// second gives up its goroutine too, its socket waiting in the same epoll
+// instances, and the goroutine comes back when it is readable. An idle
+// session then holds no goroutine and no buffer. The per-direction parser state lives in a
 // small struct (see dir), not on a goroutine stack, which is what makes this
 // possible. Timers (idle, ping, close grace) are time.AfterFunc timers, which
 // hold no goroutine while they wait. Elsewhere, and for connections that are
