@@ -317,6 +317,17 @@ func (p *poller) unregister(d *dir) {
 	}
 }
 
+// lookup returns the registration of token t. A report fetched (or a
+// direction queued) before its registration was removed finds the slot
+// empty or reused: it is dropped. It is called with p.mu held.
+func (p *poller) lookup(t uint64) (watch, bool) {
+	k, gen := uint32(t>>32), uint32(t)
+	if t == 0 || int(k) >= len(p.slots) || p.slots[k].gen != gen || p.slots[k].d == nil {
+		return watch{}, false
+	}
+	return p.slots[k], true
+}
+
 // requeue has the poller's goroutine serve inline direction w.d as if its
 // source had been reported readable: for bytes read before the session
 // began, after a wait for its destination, or after a turn cut short.
@@ -389,18 +400,13 @@ func (p *poller) wait() {
 				}
 				continue
 			}
-			k, gen := uint32(t>>32), uint32(t)
-			// A report fetched before its registration was removed finds
-			// the slot empty or reused: it is dropped.
-			if int(k) < len(p.slots) && p.slots[k].gen == gen && p.slots[k].d != nil {
-				w := p.slots[k]
+			if w, ok := p.lookup(t); ok {
 				w.hup = events[i].Events&hupFlags != 0
 				ready = append(ready, w)
 			}
 		}
 		for _, w := range p.again {
-			k := uint32(w.d.token >> 32)
-			if w.d.token != 0 && uint32(w.d.token) == w.gen && int(k) < len(p.slots) && p.slots[k].d == w.d {
+			if _, ok := p.lookup(w.d.token); ok && uint32(w.d.token) == w.gen {
 				ready = append(ready, w)
 			}
 		}
