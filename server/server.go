@@ -180,7 +180,7 @@ func (s *Server) wantedListeners(cfg *config.Config) map[string]string {
 func bindAll(addrs map[string]string) (map[string]net.Listener, error) {
 	bound := map[string]net.Listener{}
 	for name, addr := range addrs {
-		ln, err := net.Listen("tcp", addr)
+		ln, err := listenTCP(addr)
 		if err != nil {
 			for _, l := range bound {
 				l.Close()

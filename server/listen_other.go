@@ -1,0 +1,16 @@
+//go:build !linux
+
+package server
+
+import (
+	"net"
+	"time"
+)
+
+// Elsewhere, net sets the keepalive options on each accepted connection.
+var listenConfig = net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{
+	Enable:   true,
+	Idle:     keepAliveIdle * time.Second,
+	Interval: keepAliveInterval * time.Second,
+	Count:    keepAliveCount,
+}}
