@@ -105,8 +105,10 @@ type watch struct {
 
 // poller owns the epoll instance and the goroutine waiting on it. The
 // goroutine runs while at least one socket is registered; it is started by
-// the first registration and returns after the last one is removed, so that
-// a process without sessions holds none of its goroutines. The epoll
+// the first registration and returns once none has been registered for
+// pollerLinger, so that a process without sessions holds none of its
+// goroutines, and one with short sessions (a handshake and a close) does not
+// start a goroutine for each. The epoll
 // instance and the wake-up pipe, once made, live as long as the process.
 type poller struct {
 	once    sync.Once
@@ -122,8 +124,11 @@ type poller struct {
 	gen     uint32   // guarded by mu; last generation handed out
 	n       int      // guarded by mu; registered sockets
 	running bool     // guarded by mu; the wait goroutine runs
-	again   []watch  // guarded by mu; inline directions to serve without a report
-	nagain  atomic.Int32
+	// awake: the goroutine is between two waits, and looks at n before
+	// the next; lingering: its linger deadline is set. Both guarded by mu.
+	awake, lingering bool
+	again            []watch // guarded by mu; inline directions to serve without a report
+	nagain           atomic.Int32
 }
 
 // pollers holds one poller per P; next spreads sessions over them.
@@ -310,8 +315,9 @@ func (p *poller) unregister(d *dir) {
 	p.slots[i] = watch{}
 	p.free = append(p.free, i)
 	p.n--
-	if p.n == 0 {
-		// Tell the goroutine to look: it returns if nothing came since.
+	if p.n == 0 && p.running && !p.awake && !p.lingering {
+		// Removed by another goroutine (a timer's teardown) while the
+		// poller waits without a deadline: it must look, and linger.
 		var b [1]byte
 		syscall.Write(p.wake[1], b[:])
 	}
@@ -357,9 +363,25 @@ func (p *poller) epollWait(fd uintptr, events []syscall.EpollEvent) (int, error)
 	}
 }
 
+// pollerLinger is how long a poller's goroutine outlives its last
+// registration; tests shorten it (nanoseconds, 0 for defaultLinger).
+var pollerLinger atomic.Int64
+
+const defaultLinger = 2 * time.Second
+
+func lingerFor() time.Duration {
+	if d := pollerLinger.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return defaultLinger
+}
+
 // wait is the poller's goroutine: it serves readable inline directions
 // itself, hands the others to goroutines of their own, and returns when no
-// socket is registered.
+// socket has been registered for pollerLinger. The linger is a read
+// deadline on the epoll file, set when the poller is found empty before a
+// wait, and cleared only when it fires: at most two deadline changes per
+// linger period, however many sessions come and go.
 func (p *poller) wait() {
 	var events [128]syscall.EpollEvent
 	ready := make([]watch, 0, len(events))
@@ -377,11 +399,21 @@ func (p *poller) wait() {
 	}
 	fetchNow := func(fd uintptr) { fetch(fd) }
 	for {
+		p.mu.Lock()
+		p.awake = false
+		if p.n == 0 && !p.lingering {
+			p.file.SetReadDeadline(time.Now().Add(lingerFor()))
+			p.lingering = true
+		}
+		p.mu.Unlock()
 		n, err = 0, nil
+		expired := false
 		// Wait on Go's netpoller, unless directions are queued already.
 		if p.nagain.Load() > 0 {
 			p.ep.Control(fetchNow)
-		} else if werr := p.ep.Read(fetch); werr != nil && err == nil {
+		} else if werr := p.ep.Read(fetch); errors.Is(werr, os.ErrDeadlineExceeded) {
+			expired = true
+		} else if werr != nil && err == nil {
 			err = werr
 		}
 		if err != nil {
@@ -389,6 +421,7 @@ func (p *poller) wait() {
 			panic(fmt.Sprintf("splice: waiting for readiness: %v", err))
 		}
 		p.mu.Lock()
+		p.awake = true
 		for i := range events[:n] {
 			t := tokenOf(&events[i])
 			if t == wakeToken {
@@ -413,10 +446,16 @@ func (p *poller) wait() {
 		clear(p.again)
 		p.again = p.again[:0]
 		p.nagain.Store(0)
-		if p.n == 0 {
-			p.running = false
-			p.mu.Unlock()
-			return
+		if expired {
+			// Cleared before the next goroutine can start, or because
+			// sockets came again.
+			p.file.SetReadDeadline(time.Time{})
+			p.lingering = false
+			if p.n == 0 {
+				p.running = false
+				p.mu.Unlock()
+				return
+			}
 		}
 		p.mu.Unlock()
 		for i, w := range ready {
@@ -584,16 +623,23 @@ func (s *Session) dirDone(d *dir) {
 	s.release()
 }
 
-// unwatch is teardown's part for d, before the connections close: d leaves
-// the epoll set (so that a descriptor number reused by another socket is not
-// reported as ours), and if nobody drives it, its reference goes. A running
-// goroutine finds the connection closed and ends d itself; the poller's
-// goroutine serving an inline d finds evTorn when it is done with it.
+// unwatch is teardown's part for d, before the connections close: d's
+// registration is dropped, and if nobody drives it, its reference goes. A
+// running goroutine finds the connection closed and ends d itself; the
+// poller's goroutine serving an inline d finds evTorn when it is done with
+// it.
+//
+// The socket is not taken out of the epoll set: closing it does that (epoll
+// forgets a file when it is released, and keys its entries by file, so a
+// descriptor number reused by another socket is not confused with it). A
+// report already fetched, or one from a file that some other descriptor
+// keeps open, carries a token whose slot is now empty or reused, and is
+// dropped. That saves an epoll_ctl per socket per session.
 func (s *Session) unwatch(d *dir) {
 	if d.token == 0 {
 		return // driven by a goroutine of its own
 	}
-	d.deregister(s.pl)
+	s.pl.unregister(d)
 	for {
 		switch st := d.ev.Load(); st {
 		case evIdle, evWaiting:

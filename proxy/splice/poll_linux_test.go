@@ -3,11 +3,77 @@
 package splice
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"testing"
 	"time"
 )
+
+// The tests check that goroutines end with their sessions: they do not wait
+// out the production linger of the pollers' goroutines. TestPollerLinger
+// checks the linger itself.
+func init() { pollerLinger.Store(int64(20 * time.Millisecond)) }
+
+// pollerRunning reports whether p's goroutine runs.
+func pollerRunning(p *poller) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.running
+}
+
+// TestPollerLinger checks that a poller's goroutine outlives its last
+// session by the linger (so that short sessions one after another do not
+// each start one) and then ends.
+func TestPollerLinger(t *testing.T) {
+	const linger = 400 * time.Millisecond
+	defer pollerLinger.Store(pollerLinger.Load())
+	pollerLinger.Store(int64(linger))
+	// Pollers lingering from earlier tests end first.
+	for i := range pollers.all {
+		for deadline := time.Now().Add(5 * time.Second); pollerRunning(&pollers.all[i]); {
+			if time.Now().After(deadline) {
+				t.Fatal("a poller's goroutine did not end")
+			}
+			time.Sleep(time.Millisecond) // polling, bounded by the deadline
+		}
+	}
+	base := runtime.NumGoroutine()
+
+	c, pc := tcpPair(t)
+	b, pb := tcpPair(t)
+	defer b.Close()
+	s := New(pc, nil, pb, nil, Options{})
+	if !s.inline {
+		t.Fatal("a session between two TCP sockets is not inline")
+	}
+	done := make(chan Stats, 1)
+	s.Start(context.Background(), func(st Stats) { done <- st })
+	c.Close() // the client hangs up: the session ends
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session did not end when its client hung up")
+	}
+	ended := time.Now()
+	if !pollerRunning(s.pl) {
+		t.Fatal("the poller's goroutine ended with its last session")
+	}
+	time.Sleep(linger / 4)
+	if !pollerRunning(s.pl) {
+		t.Fatalf("the poller's goroutine ended %v after its last session, linger %v", time.Since(ended), linger)
+	}
+	for deadline := time.Now().Add(10 * time.Second); pollerRunning(s.pl); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the poller's goroutine still runs %v after its last session, linger %v", time.Since(ended), linger)
+		}
+		time.Sleep(time.Millisecond) // polling, bounded by the deadline
+	}
+	if d := time.Since(ended); d < linger/2 {
+		t.Errorf("the poller's goroutine ended %v after its last session, linger %v", d, linger)
+	}
+	checkGoroutines(t, base)
+}
 
 // waitParked waits until both directions of r's session are parked.
 func waitParked(t *testing.T, r *rig) {
