@@ -20,6 +20,7 @@ import (
 // hijack the connection), https upstreams, ACME challenges and redirects.
 // It reports whether the connection can carry another request.
 func (sc *serverConn) serveHandler(h http.Handler) bool {
+	sc.adapted = true
 	req := &sc.req
 	target := string(req.Target)
 	u, err := url.ParseRequestURI(target)

@@ -51,6 +51,7 @@ type ConnServer struct {
 	lns     map[net.Listener]struct{}
 	closing atomic.Bool    // read per request, so not under mu
 	wg      sync.WaitGroup // one count per connection being served
+	workers *workers
 }
 
 // NewConnServer returns a ConnServer that proxies with h.
@@ -58,7 +59,7 @@ func (h *Handler) NewConnServer(opts ConnOptions) *ConnServer {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &ConnServer{h: h, opts: opts, conns: map[*serverConn]struct{}{}, lns: map[net.Listener]struct{}{}}
+	return &ConnServer{h: h, opts: opts, conns: map[*serverConn]struct{}{}, lns: map[net.Listener]struct{}{}, workers: newWorkers()}
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -94,17 +95,22 @@ func (s *ConnServer) Serve(ln net.Listener, tlsConfig *tls.Config) error {
 			return err
 		}
 		backoff = 0
-		sc := &serverConn{s: s, c: c}
+		sc := conns.Get().(*serverConn)
+		sc.s, sc.c, sc.tlsConfig = s, c, tlsConfig
 		if !s.track(sc) {
 			c.Close()
 			return ErrServerClosed
 		}
-		if tlsConfig != nil {
-			go sc.serveTLS(tlsConfig)
-		} else {
-			go sc.serve()
-		}
+		s.workers.serve(sc)
 	}
+}
+
+// isTimeout reports whether err is a timeout. The net.Error it looks for
+// is declared only once err is known, so that the common nil case does
+// not move a variable to the heap.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 func (s *ConnServer) isClosing() bool { return s.closing.Load() }
@@ -141,6 +147,7 @@ func (s *ConnServer) Shutdown(ctx context.Context) error {
 		sc.closeIfIdle()
 	}
 	s.mu.Unlock()
+	s.workers.close()
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()
@@ -180,6 +187,7 @@ func (s *ConnServer) Close() {
 		sc.c.Close()
 	}
 	s.mu.Unlock()
+	s.workers.close()
 }
 
 // Connection states, for Shutdown: an idle connection waits for the first
@@ -192,11 +200,12 @@ const (
 
 // serverConn is one client connection.
 type serverConn struct {
-	s     *ConnServer
-	c     net.Conn
-	state atomic.Int32
-	peer  netip.AddrPort
-	tls   *tls.ConnectionState
+	s         *ConnServer
+	c         net.Conn
+	tlsConfig *tls.Config // the listener's, when the connection starts with a TLS handshake
+	state     atomic.Int32
+	peer      netip.AddrPort
+	tls       *tls.ConnectionState
 
 	br     *bufio.Reader
 	req    h1.Request
@@ -210,6 +219,40 @@ type serverConn struct {
 	// gone is set when the client hung up while its exchange ran.
 	gone   atomic.Bool
 	hangUp *hangUpWatch // made at the first exchange that forwards
+
+	// adapted: a request went through net/http types (serveHandler),
+	// whose goroutines may outlive the connection, so its state is not
+	// reused.
+	adapted bool
+}
+
+// conns lends connection state to new connections: the request and
+// response heads and the head buffers keep the storage they grew, so a
+// new connection's first exchange does not allocate it again.
+var conns = sync.Pool{New: func() any { return new(serverConn) }}
+
+// recycle gives sc back to conns once its connection is finished and
+// untracked, unless something may still refer to it.
+func (sc *serverConn) recycle() {
+	w := sc.hangUp
+	if sc.adapted || w != nil && w.armed {
+		return
+	}
+	sc.req.Reset()
+	sc.resp.Reset()
+	out, up := sc.out[:0], sc.up[:0]
+	if cap(out) > 8<<10 {
+		out = nil
+	}
+	if cap(up) > 8<<10 {
+		up = nil
+	}
+	// A disarmed watch has stopped and returned: it stays with sc.
+	if w != nil {
+		w.target.Store(nil)
+	}
+	*sc = serverConn{req: sc.req, resp: sc.resp, out: out, up: up, hangUp: w}
+	conns.Put(sc)
 }
 
 // watchAfter is how long an exchange runs before sluice starts watching
@@ -285,6 +328,15 @@ func (sc *serverConn) closeIfIdle() {
 // that is assembled line by line (h1 copies it out).
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
 
+// run serves the connection from its start.
+func (sc *serverConn) run() {
+	if sc.tlsConfig != nil {
+		sc.serveTLS(sc.tlsConfig)
+	} else {
+		sc.serve()
+	}
+}
+
 func (sc *serverConn) serveTLS(cfg *tls.Config) {
 	tc := tls.Server(sc.c, cfg)
 	sc.c = tc
@@ -320,7 +372,10 @@ func (sc *serverConn) serveTLS(cfg *tls.Config) {
 
 // serve reads and answers requests until the connection ends.
 func (sc *serverConn) serve() {
-	defer sc.s.untrack(sc)
+	defer func() {
+		sc.s.untrack(sc)
+		sc.recycle()
+	}()
 	if ta, ok := sc.c.RemoteAddr().(*net.TCPAddr); ok {
 		sc.peer = ta.AddrPort()
 		sc.peerIP = sc.peer.Addr().Unmap().String()
@@ -335,15 +390,23 @@ func (sc *serverConn) serve() {
 		sc.br.Reset(nil)
 		readers.Put(sc.br)
 	}()
-	for {
+	for first := true; ; first = false {
 		cfg := sc.s.h.table.Load().cfg
 		if sc.s.isClosing() {
 			return
 		}
+		// A new connection has read_header, from its start, to send its
+		// first head, as in nginx; that one deadline covers the wait for
+		// the first byte and the head. Between requests the wait is idle.
+		timed := false
 		if sc.br.Buffered() == 0 {
-			if d := cfg.Timeouts.Idle; d > 0 {
+			d := cfg.Timeouts.Idle
+			if first && cfg.Timeouts.ReadHeader > 0 {
+				d, timed = cfg.Timeouts.ReadHeader, true
+			}
+			if d > 0 {
 				sc.c.SetReadDeadline(time.Now().Add(d))
-			} else {
+			} else if !first {
 				sc.c.SetReadDeadline(time.Time{})
 			}
 			if _, err := sc.br.Peek(1); err != nil {
@@ -351,7 +414,7 @@ func (sc *serverConn) serve() {
 			}
 		}
 		sc.state.Store(connActive)
-		if d := cfg.Timeouts.ReadHeader; d > 0 {
+		if d := cfg.Timeouts.ReadHeader; d > 0 && !timed {
 			sc.c.SetReadDeadline(time.Now().Add(d))
 		}
 		err := h1.ReadRequest(sc.br, &sc.req, MaxHeaderBytes)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"net"
 	"net/netip"
 	"net/url"
 	"strconv"
@@ -324,9 +323,8 @@ func (sc *serverConn) roundTrip(x *exchange, pc *h1Conn, u *upstream, tgt *targe
 	for {
 		err := h1.ReadResponse(pc.br, &sc.resp, req.Method, MaxHeaderBytes)
 		if err != nil {
-			var ne net.Error
 			switch {
-			case errors.As(err, &ne) && ne.Timeout():
+			case isTimeout(err):
 				return &upstreamError{504, "upstream_timeout", "upstream did not answer in time", err}
 			case first && (err == io.EOF || isReset(err)):
 				return errors.Join(errRetry, &upstreamError{502, "upstream_closed", "upstream closed the connection", err})

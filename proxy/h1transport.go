@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -147,8 +146,7 @@ func (t *h1Transport) exchange(pc *h1Conn, req *http.Request) (resp *http.Respon
 	// before our request: safe to send again elsewhere. A timeout is not.
 	if _, err := pc.br.Peek(1); err != nil {
 		stop()
-		var ne net.Error
-		return nil, errors.As(err, &ne) && ne.Timeout(), err
+		return nil, isTimeout(err), err
 	}
 	for {
 		resp, err = http.ReadResponse(pc.br, req)

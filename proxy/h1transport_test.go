@@ -123,8 +123,12 @@ func TestH1TransportClientGoneMidBody(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn.Close()
-	// The proxy has finished with it, and says it was cut off.
-	if rec := p.log.lastLog(t, "/slow"); rec["error"] != "aborted" {
+	// The proxy has finished with it, and says it was cut off: "aborted"
+	// when the hang-up watch saw it while the upstream was waited on, or
+	// "client_gone" when a write met the reset first (the upstream's
+	// 1000 bytes may arrive in two reads).
+	rec := p.log.lastLog(t, "/slow")
+	if e, _ := rec["error"].(string); e != "aborted" && !strings.HasPrefix(e, "client_gone") {
 		t.Errorf("access log of the cut-off response: %v", rec)
 	}
 	resp, err := http.Get(p.URL + "/next")

@@ -110,7 +110,10 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 	h1Readers.Put(ubr)
 	rec := &sessionRecord{
 		route: x.route, ip: ip, upstream: x.info.upstream.key,
-		method: string(req.Method), host: x.host, path: x.path,
+		method: "GET", host: x.host, path: x.path,
+	}
+	if string(req.Method) != rec.method {
+		rec.method = string(req.Method)
 	}
 	rec.host, rec.path = strings.Clone(rec.host), strings.Clone(rec.path)
 	h.sessions.attach(sess, rec)
@@ -162,10 +165,9 @@ func (sc *serverConn) upgradeExchange(x *exchange, tgt *target, backend net.Conn
 	}
 	for {
 		err := h1.ReadResponse(ubr, &sc.resp, sc.req.Method, MaxHeaderBytes)
-		var ne net.Error
 		switch {
 		case err == nil:
-		case errors.As(err, &ne) && ne.Timeout():
+		case isTimeout(err):
 			return &upstreamError{504, "upstream_timeout", "upstream did not answer in time", err}
 		case errors.Is(err, h1.ErrBadResponse):
 			return &upstreamError{502, "upstream_bad_response", "bad gateway", err}

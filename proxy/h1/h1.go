@@ -99,6 +99,27 @@ type head struct {
 
 type span struct{ ns, ne, vs, ve int32 }
 
+// keepBytes bounds the storage a Reset message keeps: an unusually large
+// head does not stay pinned in a pool.
+const keepBytes = 8 << 10
+
+// reset empties h, keeping its storage unless it grew past keepBytes.
+func (h *head) reset() {
+	if cap(h.raw) > keepBytes {
+		*h = head{}
+		return
+	}
+	h.raw, h.spans = h.raw[:0], h.spans[:0]
+}
+
+// resetHeader empties hdr, keeping its storage unless it is unusually long.
+func resetHeader(hdr Header) Header {
+	if cap(hdr) > keepBytes/32 {
+		return nil
+	}
+	return hdr[:0]
+}
+
 // readHead reads lines up to the empty line that ends a head into h.raw,
 // without line ends, and records each line after the first as a field
 // span. It returns the first line's span [0, firstEnd).
@@ -215,6 +236,14 @@ type Request struct {
 	Continue bool
 
 	h head
+}
+
+// Reset empties req for reuse on another connection. It keeps the storage
+// the request grew, so that a reused Request reads a head without
+// allocating.
+func (req *Request) Reset() {
+	req.h.reset()
+	*req = Request{Header: resetHeader(req.Header), h: req.h}
 }
 
 // ReadRequest reads the next request head from br into req. The head,
@@ -359,6 +388,12 @@ type Response struct {
 
 // ErrBadResponse wraps every malformed response head.
 var ErrBadResponse = errors.New("malformed response from upstream")
+
+// Reset empties resp for reuse, keeping its storage as Request.Reset does.
+func (resp *Response) Reset() {
+	resp.h.reset()
+	*resp = Response{Header: resetHeader(resp.Header), h: resp.h}
+}
 
 // ReadResponse reads a response head for a request made with method (HEAD
 // responses have no body) into resp.
