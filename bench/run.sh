@@ -420,11 +420,15 @@ test_bulk() {
 # test_handshake TARGET: connect, upgrade, close handshake (send a close
 # frame, wait for the reply), hang up; HS_WORKERS loops at once.
 test_handshake() {
-	local t=$1 out=$WORK/hs-$t-$ROUND.txt line
+	local t=$1 out=$WORK/hs-$t-$ROUND.txt line c0 c1
+	[[ $t != direct ]] && c0=$(cpu_ticks "$t")
 	run_wsload "$t" "$out" -mode handshake -c "$HS_WORKERS" -d "${HS_SECS}s" -src "$SRC_IPS" || return 0
+	[[ $t != direct ]] && c1=$(cpu_ticks "$t")
 	line=$(grep '^mode=handshake' "$out")
 	record "$t" hs_per_s "$(kv hs_per_s <<<"$line")"
 	record "$t" errors "$(kv errors <<<"$line")"
+	[[ $t != direct ]] && record_cpu "$t" hs_cpu_us "$c0" "$c1" "$(kv handshakes <<<"$line")"
+	return 0
 }
 
 # test_hangup TARGET: like test_handshake, but the client hangs up right
@@ -626,6 +630,8 @@ METRICS=(
 	"echo_cpu_us_user|  of which user space, us (lower)"
 	"bulk_mbps|WS echo $BULK_CONNS x 64 KiB: MB/s (higher)"
 	"hs_per_s|WS handshake+close/s, $HS_WORKERS workers (higher)"
+	"hs_cpu_us|WS handshake: proxy CPU per session, us (lower)"
+	"hs_cpu_us_user|  of which user space, us (lower)"
 	"hangup_per_s|WS handshake+hang-up/s (higher)"
 	"idle_kib|WS idle session: proxy RSS, KiB (lower)"
 )
