@@ -221,27 +221,34 @@ func h1ReadRequestString(s string, req *h1.Request) error {
 	return h1.ReadRequest(bufio.NewReader(strings.NewReader(s)), req, MaxHeaderBytes)
 }
 
-// TestConnNextUpstreamWhenOneDies has an upstream that takes requests and
-// hangs up without answering: a GET goes on to the next upstream, a POST
-// (which may have been acted on) is answered 502.
-func TestConnNextUpstreamWhenOneDies(t *testing.T) {
+// rawUpstream is an upstream that hands each connection to handle, on a
+// goroutine of its own, until the test ends.
+func rawUpstream(tb testing.TB, handle func(net.Conn)) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	tb.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				bufio.NewReader(c).ReadString('\n') // the request arrived...
-				c.Close()                           // ...and the upstream died
-			}()
+			go handle(c)
 		}
 	}()
+	return ln
+}
+
+// TestConnNextUpstreamWhenOneDies has an upstream that takes requests and
+// hangs up without answering: a GET goes on to the next upstream, a POST
+// (which may have been acted on) is answered 502.
+func TestConnNextUpstreamWhenOneDies(t *testing.T) {
+	ln := rawUpstream(t, func(c net.Conn) {
+		bufio.NewReader(c).ReadString('\n') // the request arrived...
+		c.Close()                           // ...and the upstream died
+	})
 	good := echoUpstream(t, "good")
 	p := startProxy(t, &config.Config{Routes: []config.Route{route("/", "http://"+ln.Addr().String(), good.URL)}})
 	for i := range 4 { // round robin: every other request starts at the dying one

@@ -15,45 +15,31 @@ import (
 // measures the proxy: it answers any upgrade with a fixed 101, echoes the
 // client's close frame as its own, and hangs up.
 func rawWSBackend(b *testing.B) net.Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
 	const answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
-	go func() {
+	return rawUpstream(b, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			line, err := br.ReadSlice('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadSlice('\n')
-					if err != nil {
-						return
-					}
-					if len(line) == 2 {
-						break
-					}
-				}
-				if _, err := io.WriteString(c, answer); err != nil {
-					return
-				}
-				// A masked close frame with code 1000: 2 + 4 + 2 bytes.
-				var f [8]byte
-				if _, err := io.ReadFull(br, f[:]); err != nil {
-					return
-				}
-				c.Write([]byte{0x88, 0x02, 0x03, 0xe8})
-			}()
+			if len(line) == 2 {
+				break
+			}
 		}
-	}()
-	b.Cleanup(func() { ln.Close() })
-	return ln
+		if _, err := io.WriteString(c, answer); err != nil {
+			return
+		}
+		// A masked close frame with code 1000: 2 + 4 + 2 bytes.
+		var f [8]byte
+		if _, err := io.ReadFull(br, f[:]); err != nil {
+			return
+		}
+		c.Write([]byte{0x88, 0x02, 0x03, 0xe8})
+	})
 }
 
 // BenchmarkWebSocketHandshake measures one whole WebSocket session through
