@@ -154,17 +154,26 @@ func TestConnClientHangsUp(t *testing.T) {
 	}
 }
 
-// TestConnIdleAndHeaderTimeouts checks timeouts.idle between requests and
-// timeouts.read_header within one.
+// TestConnIdleAndHeaderTimeouts checks timeouts.read_header for the first
+// head of a connection (counted from its start, as nginx does: a client
+// that connects and sends nothing is let go then) and within any head, and
+// timeouts.idle between requests.
 func TestConnIdleAndHeaderTimeouts(t *testing.T) {
 	up := echoUpstream(t, "a")
 	cfg := &config.Config{Routes: []config.Route{route("/", up.URL)}}
-	cfg.Timeouts.Idle = 200 * time.Millisecond
-	cfg.Timeouts.ReadHeader = 300 * time.Millisecond
+	const idle, readHeader = 1500 * time.Millisecond, 300 * time.Millisecond
+	cfg.Timeouts.Idle = idle
+	cfg.Timeouts.ReadHeader = readHeader
 	p := startProxy(t, cfg)
-	for _, tt := range []struct{ name, send string }{
-		{"idle", ""},
-		{"slow head", "GET / HTTP/1.1\r\nHost: x\r\n"},
+	for _, tt := range []struct {
+		name          string
+		first, send   string // first: a whole request answered before the wait
+		atLeast, upTo time.Duration
+	}{
+		{"silent new connection", "", "", readHeader / 2, idle * 2 / 3},
+		{"slow first head", "", "GET / HTTP/1.1\r\nHost: x\r\n", readHeader / 2, idle * 2 / 3},
+		{"idle between requests", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "", idle * 2 / 3, 3 * idle},
+		{"slow second head", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "GET / HTTP/1.1\r\n", readHeader / 2, idle * 2 / 3},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			conn, err := net.Dial("tcp", p.Listener.Addr().String())
@@ -172,12 +181,26 @@ func TestConnIdleAndHeaderTimeouts(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer conn.Close()
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			br := bufio.NewReader(conn)
+			if tt.first != "" {
+				io.WriteString(conn, tt.first)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
 			io.WriteString(conn, tt.send)
 			start := time.Now()
-			conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-			_, err = bufio.NewReader(conn).ReadByte()
-			if err == nil || time.Since(start) > 2*time.Second {
-				t.Fatalf("connection still open after %v (err %v)", time.Since(start), err)
+			_, err = br.ReadByte()
+			d := time.Since(start)
+			if err == nil {
+				t.Fatal("the proxy answered a request that was never sent")
+			}
+			if d < tt.atLeast || d > tt.upTo {
+				t.Errorf("connection closed after %v, want between %v and %v", d, tt.atLeast, tt.upTo)
 			}
 		})
 	}
