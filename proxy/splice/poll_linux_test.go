@@ -26,7 +26,7 @@ func pollerRunning(p *poller) bool {
 // session by the linger (so that short sessions one after another do not
 // each start one) and then ends.
 func TestPollerLinger(t *testing.T) {
-	const linger = 400 * time.Millisecond
+	const linger = time.Second
 	defer pollerLinger.Store(pollerLinger.Load())
 	pollerLinger.Store(int64(linger))
 	// Pollers lingering from earlier tests end first.
@@ -59,7 +59,7 @@ func TestPollerLinger(t *testing.T) {
 	if !pollerRunning(s.pl) {
 		t.Fatal("the poller's goroutine ended with its last session")
 	}
-	time.Sleep(linger / 4)
+	time.Sleep(linger / 10)
 	if !pollerRunning(s.pl) {
 		t.Fatalf("the poller's goroutine ended %v after its last session, linger %v", time.Since(ended), linger)
 	}
