@@ -119,14 +119,18 @@ type poller struct {
 	wake    [2]int          // pipe: written to make the goroutine look at n and again
 
 	mu      sync.Mutex
-	slots   []watch  // guarded by mu; index = token>>32
-	free    []uint32 // guarded by mu; unused slots
-	gen     uint32   // guarded by mu; last generation handed out
-	n       int      // guarded by mu; registered sockets
-	running bool     // guarded by mu; the wait goroutine runs
+	slots   []watch      // guarded by mu; index = token>>32
+	free    []uint32     // guarded by mu; unused slots
+	gen     uint32       // guarded by mu; last generation handed out
+	n       atomic.Int32 // registered sockets; changed with mu held
+	running bool         // guarded by mu; the wait goroutine runs
 	// awake: the goroutine is between two waits, and looks at n before
-	// the next; lingering: its linger deadline is set. Both guarded by mu.
-	awake, lingering bool
+	// the next; lingering: its linger deadline is set (written by the
+	// goroutine only). Atomic, so that the goroutine's loop takes no lock
+	// for them: the goroutine stores awake then loads n, unregister
+	// changes n then loads awake, so at least one of them sees the
+	// poller empty.
+	awake, lingering atomic.Bool
 	again            []watch // guarded by mu; inline directions to serve without a report
 	nagain           atomic.Int32
 }
@@ -279,7 +283,7 @@ func (s *Session) register(d *dir, flags uint32) error {
 	}
 	p.slots[i] = watch{s: s, d: d, gen: p.gen, inline: flags == inlineFlags}
 	d.token = uint64(i)<<32 | uint64(p.gen)
-	p.n++
+	p.n.Add(1)
 	if !p.running {
 		p.running = true
 		go p.wait()
@@ -314,8 +318,7 @@ func (p *poller) unregister(d *dir) {
 	}
 	p.slots[i] = watch{}
 	p.free = append(p.free, i)
-	p.n--
-	if p.n == 0 && p.running && !p.awake && !p.lingering {
+	if p.n.Add(-1) == 0 && p.running && !p.awake.Load() && !p.lingering.Load() {
 		// Removed by another goroutine (a timer's teardown) while the
 		// poller waits without a deadline: it must look, and linger.
 		var b [1]byte
@@ -399,13 +402,11 @@ func (p *poller) wait() {
 	}
 	fetchNow := func(fd uintptr) { fetch(fd) }
 	for {
-		p.mu.Lock()
-		p.awake = false
-		if p.n == 0 && !p.lingering {
+		p.awake.Store(false)
+		if !p.lingering.Load() && p.n.Load() == 0 {
 			p.file.SetReadDeadline(time.Now().Add(lingerFor()))
-			p.lingering = true
+			p.lingering.Store(true)
 		}
-		p.mu.Unlock()
 		n, err = 0, nil
 		expired := false
 		// Wait on Go's netpoller, unless directions are queued already.
@@ -420,8 +421,8 @@ func (p *poller) wait() {
 			// Only a bad descriptor or buffer fails epoll_wait: a bug.
 			panic(fmt.Sprintf("splice: waiting for readiness: %v", err))
 		}
+		p.awake.Store(true)
 		p.mu.Lock()
-		p.awake = true
 		for i := range events[:n] {
 			t := tokenOf(&events[i])
 			if t == wakeToken {
@@ -450,8 +451,8 @@ func (p *poller) wait() {
 			// Cleared before the next goroutine can start, or because
 			// sockets came again.
 			p.file.SetReadDeadline(time.Time{})
-			p.lingering = false
-			if p.n == 0 {
+			p.lingering.Store(false)
+			if p.n.Load() == 0 {
 				p.running = false
 				p.mu.Unlock()
 				return
