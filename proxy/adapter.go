@@ -235,8 +235,9 @@ func (w *adapterWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	w.hijacked = true
 	w.sc.state.Store(connHijacked)
-	w.sc.c.SetDeadline(time.Time{})
-	return w.sc.c, bufio.NewReadWriter(w.sc.br, bufio.NewWriter(w.sc.c)), nil
+	c := underlying(w.sc.c)
+	c.SetDeadline(time.Time{})
+	return c, bufio.NewReadWriter(w.sc.br, bufio.NewWriter(c)), nil
 }
 
 // finish ends the response: the last chunk, or the connection's close when

@@ -95,6 +95,13 @@ func (s *ConnServer) Serve(ln net.Listener, tlsConfig *tls.Config) error {
 			return err
 		}
 		backoff = 0
+		// The connection is wrapped before it is tracked: Close and
+		// Shutdown read sc.c from then on.
+		if tlsConfig != nil {
+			c = tls.Server(c, tlsConfig)
+		} else {
+			c = newRawSock(c)
+		}
 		sc := conns.Get().(*serverConn)
 		sc.s, sc.c, sc.tlsConfig = s, c, tlsConfig
 		if !s.track(sc) {
@@ -331,15 +338,14 @@ var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10)
 // run serves the connection from its start.
 func (sc *serverConn) run() {
 	if sc.tlsConfig != nil {
-		sc.serveTLS(sc.tlsConfig)
+		sc.serveTLS()
 	} else {
 		sc.serve()
 	}
 }
 
-func (sc *serverConn) serveTLS(cfg *tls.Config) {
-	tc := tls.Server(sc.c, cfg)
-	sc.c = tc
+func (sc *serverConn) serveTLS() {
+	tc := sc.c.(*tls.Conn)
 	timeout := sc.s.h.table.Load().cfg.Timeouts.ReadHeader
 	if timeout <= 0 {
 		timeout = 10 * time.Second

@@ -223,7 +223,7 @@ func (sc *serverConn) forward(x *exchange, tgt *target) bool {
 				sc.writeError(x, 502, "upstream unreachable", hasBody, "")
 				return !hasBody
 			}
-			pc = &h1Conn{addr: u.addr, c: c}
+			pc = &h1Conn{addr: u.addr, c: newRawSock(c)}
 		}
 		pc.takeReader()
 		err := sc.roundTrip(x, pc, u, tgt, tr)

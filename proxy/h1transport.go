@@ -105,7 +105,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if err != nil {
 				return nil, err
 			}
-			pc = &h1Conn{addr: addr, c: c}
+			pc = &h1Conn{addr: addr, c: newRawSock(c)}
 		}
 		pc.takeBuffers()
 		resp, answered, err := t.exchange(pc, req)

@@ -99,7 +99,7 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 	x.rec.status = 101
 	x.websocket = true // the session logs itself when it ends
 	sc.state.Store(connHijacked)
-	sess := splice.New(sc.c, buffered(sc.br), backend, buffered(ubr),
+	sess := splice.New(underlying(sc.c), buffered(sc.br), backend, buffered(ubr),
 		spliceOptions(ws, extensionNamedBytes(resp.Header, "permessage-deflate")))
 	// The session has copies of what the readers held: they go back to
 	// their pools.
