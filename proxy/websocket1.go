@@ -58,6 +58,9 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 		sc.writeError(x, 502, "upstream unreachable", true, "")
 		return false
 	}
+	// The upgrade exchange reads and writes raw; the session gets net's
+	// own connection (the splice has its own raw path).
+	backend = newRawSock(backend)
 	ubr := h1Readers.Get().(*bufio.Reader)
 	ubr.Reset(backend)
 	if err := sc.upgradeExchange(x, tgt, backend, ubr); err != nil {
@@ -99,7 +102,7 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 	x.rec.status = 101
 	x.websocket = true // the session logs itself when it ends
 	sc.state.Store(connHijacked)
-	sess := splice.New(underlying(sc.c), buffered(sc.br), backend, buffered(ubr),
+	sess := splice.New(underlying(sc.c), buffered(sc.br), underlying(backend), buffered(ubr),
 		spliceOptions(ws, extensionNamedBytes(resp.Header, "permessage-deflate")))
 	// The session has copies of what the readers held: they go back to
 	// their pools.

@@ -395,6 +395,10 @@ func (s *Session) Counts() (framesIn, framesOut, bytesIn, bytesOut int64) {
 	return s.c2b.frames.Load(), s.b2c.frames.Load(), s.c2b.bytes.Load(), s.b2c.bytes.Load()
 }
 
+// Inline reports whether the session runs on a poller's event loop, with
+// no goroutine of its own (Linux, both sides plain sockets, no throttling).
+func (s *Session) Inline() bool { return s.inline }
+
 // Shutdown ends the session gracefully: close 1001 goes to both peers and
 // they get closeGrace (one second) to answer before the connections close.
 // It does not wait for that; Run returns (or Start's callback runs) when it
