@@ -107,12 +107,7 @@ func (s *rawSock) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	op := sockOps.Get().(*sockOp)
-	op.buf = p
-	err := s.rc.Read(op.recv)
-	n, errno := op.n, op.errno
-	op.buf, op.n, op.errno = nil, 0, 0
-	sockOps.Put(op)
+	n, errno, err := s.do(p, false)
 	switch {
 	case err != nil:
 		return 0, s.opError("read", err)
@@ -128,12 +123,7 @@ func (s *rawSock) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	op := sockOps.Get().(*sockOp)
-	op.buf = p
-	err := s.rc.Write(op.send)
-	n, errno := op.n, op.errno
-	op.buf, op.n, op.errno = nil, 0, 0
-	sockOps.Put(op)
+	n, errno, err := s.do(p, true)
 	switch {
 	case err != nil:
 		return n, s.opError("write", err)
@@ -141,6 +131,23 @@ func (s *rawSock) Write(p []byte) (int, error) {
 		return n, s.opError("write", os.NewSyscallError("write", errno))
 	}
 	return n, nil
+}
+
+// do makes one raw read into p, or writes all of p, waiting on the
+// netpoller as net's own calls do. err is RawConn's (a deadline, a closed
+// connection); errno is the syscall's.
+func (s *rawSock) do(p []byte, write bool) (n int, errno syscall.Errno, err error) {
+	op := sockOps.Get().(*sockOp)
+	op.buf = p
+	if write {
+		err = s.rc.Write(op.send)
+	} else {
+		err = s.rc.Read(op.recv)
+	}
+	n, errno = op.n, op.errno
+	op.buf, op.n, op.errno = nil, 0, 0
+	sockOps.Put(op)
+	return n, errno, err
 }
 
 // opError words err as net's Read and Write do ("read tcp a->b: ..."), not
