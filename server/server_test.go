@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/internal/testaddr"
 	sluicetls "github.com/sluice-proxy/sluice/tls"
 )
 
@@ -234,15 +235,7 @@ func TestReloadListeners(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return testaddr.Addr(t) }
 
 func mustGet(t *testing.T, url string) string {
 	t.Helper()

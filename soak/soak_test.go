@@ -36,6 +36,7 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+	"github.com/sluice-proxy/sluice/internal/testaddr"
 )
 
 var (
@@ -138,15 +139,7 @@ func (b *backend) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func freeAddr(t *testing.T) string { return testaddr.Addr(t) }
 
 // proc reads a number from /proc/PID/status.
 func procStatus(pid int, field string) int64 {

@@ -23,6 +23,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-proxy/sluice/internal/testaddr"
 )
 
 // Pebble is a running ACME server.
@@ -176,15 +178,7 @@ func run(t *testing.T, out io.Writer, env []string, name string, args ...string)
 	})
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testaddr.Port(t) }
 
 type syncBuffer struct {
 	mu  sync.Mutex
