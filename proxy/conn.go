@@ -84,8 +84,7 @@ func (s *ConnServer) Serve(ln net.Listener, tlsConfig *tls.Config) error {
 			if s.isClosing() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
+			if isTimeout(err) || errors.Is(err, syscall.EMFILE) {
 				// Out of file descriptors and the like: wait, as
 				// net/http does, instead of spinning.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
@@ -247,19 +246,22 @@ func (sc *serverConn) recycle() {
 	}
 	sc.req.Reset()
 	sc.resp.Reset()
-	out, up := sc.out[:0], sc.up[:0]
-	if cap(out) > 8<<10 {
-		out = nil
-	}
-	if cap(up) > 8<<10 {
-		up = nil
-	}
+	out, up := keepSmall(sc.out), keepSmall(sc.up)
 	// A disarmed watch has stopped and returned: it stays with sc.
 	if w != nil {
 		w.target.Store(nil)
 	}
 	*sc = serverConn{req: sc.req, resp: sc.resp, out: out, up: up, hangUp: w}
 	conns.Put(sc)
+}
+
+// keepSmall empties b for reuse, unless it grew unusually large: that
+// storage does not stay pinned in the pool.
+func keepSmall(b []byte) []byte {
+	if cap(b) > 8<<10 {
+		return nil
+	}
+	return b[:0]
 }
 
 // watchAfter is how long an exchange runs before sluice starts watching

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -214,7 +213,6 @@ const statusClientGone = 499
 
 func classify(req *http.Request, err error) (status int, reason, msg string) {
 	var tooLarge *http.MaxBytesError
-	var netErr net.Error
 	switch {
 	case errors.As(err, &tooLarge):
 		return http.StatusRequestEntityTooLarge, "body_too_large",
@@ -223,7 +221,7 @@ func classify(req *http.Request, err error) (status int, reason, msg string) {
 		return statusClientGone, "client_gone", ""
 	case isDialError(err):
 		return http.StatusBadGateway, "upstream_unreachable", "upstream unreachable"
-	case errors.As(err, &netErr) && netErr.Timeout():
+	case isTimeout(err):
 		return http.StatusGatewayTimeout, "upstream_timeout", "upstream did not answer in time"
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
 		return http.StatusBadGateway, "upstream_closed", "upstream closed the connection"

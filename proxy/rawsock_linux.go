@@ -9,7 +9,8 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"unsafe"
+
+	"github.com/sluice-proxy/sluice/internal/sockio"
 )
 
 // rawSock is a plain TCP connection whose Read and Write make raw
@@ -68,33 +69,27 @@ var sockOps = sync.Pool{New: func() any {
 
 // doRecv reads once into op.buf; false means "wait for readability".
 func (op *sockOp) doRecv(fd uintptr) bool {
-	for {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&op.buf[0])), uintptr(len(op.buf)), 0, 0, 0)
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		case 0:
-			op.n = int(r)
-		default:
-			op.errno = e
-		}
-		return true
+	n, e := sockio.Recv(fd, op.buf)
+	switch e {
+	case syscall.EAGAIN:
+		return false
+	case 0:
+		op.n = n
+	default:
+		op.errno = e
 	}
+	return true
 }
 
 // doSend writes the rest of op.buf; false means "wait for writability".
 func (op *sockOp) doSend(fd uintptr) bool {
 	for op.n < len(op.buf) {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&op.buf[op.n])), uintptr(len(op.buf)-op.n),
-			syscall.MSG_NOSIGNAL, 0, 0)
+		n, e := sockio.Send(fd, op.buf[op.n:])
 		switch e {
-		case syscall.EINTR:
 		case syscall.EAGAIN:
 			return false
 		case 0:
-			op.n += int(r)
+			op.n += n
 		default:
 			op.errno = e
 			return true

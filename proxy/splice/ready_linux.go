@@ -9,6 +9,8 @@ import (
 	"sync"
 	"syscall"
 	"unsafe"
+
+	"github.com/sluice-proxy/sluice/internal/sockio"
 )
 
 // rawConnOf returns the raw connection to wait on for readability, or nil
@@ -117,21 +119,14 @@ var rawIOPool = sync.Pool{New: func() any {
 
 // read reads fd into op.buf once.
 func (op *rawIO) read(fd uintptr) {
-	for {
-		// recvfrom rather than read: a socket call skips the file layer's
-		// position lock (fdget_pos) and iterator set-up, as nginx's recv.
-		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&op.buf[0])), uintptr(len(op.buf)), 0, 0, 0)
-		switch e {
-		case syscall.EINTR:
-			continue
-		case 0:
-			op.n = int(r)
-		case syscall.EAGAIN:
-			op.err = errWouldBlock
-		default:
-			op.err = e
-		}
-		return
+	n, e := sockio.Recv(fd, op.buf)
+	switch e {
+	case 0:
+		op.n = n
+	case syscall.EAGAIN:
+		op.err = errWouldBlock
+	default:
+		op.err = e
 	}
 }
 
@@ -188,21 +183,14 @@ func (p *peer) writeNow(b []byte) (n int, err error) {
 	return n, err
 }
 
-// writeFd makes one non-blocking write of b to fd, retried on EINTR.
+// writeFd makes one non-blocking write of b to fd (sockio.Send).
 func writeFd(fd uintptr, b []byte) (int, error) {
-	for {
-		// sendto rather than write, for the reason rawIO.read gives; and no
-		// SIGPIPE for a peer that is gone, only EPIPE.
-		r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), syscall.MSG_NOSIGNAL, 0, 0)
-		switch e {
-		case 0:
-			return int(r), nil
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return 0, errWouldBlock
-		default:
-			return 0, e
-		}
+	switch n, e := sockio.Send(fd, b); e {
+	case 0:
+		return n, nil
+	case syscall.EAGAIN:
+		return 0, errWouldBlock
+	default:
+		return 0, e
 	}
 }
