@@ -118,10 +118,7 @@ func startProxy(t *testing.T, cfg *config.Config) *testProxy {
 // test ends.
 func serveConns(t testing.TB, h *Handler) *testProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testListener(t)
 	cs := h.NewConnServer(ConnOptions{})
 	done := make(chan struct{})
 	go func() {

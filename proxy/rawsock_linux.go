@@ -3,15 +3,36 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
+	"github.com/sluice-proxy/sluice/internal/rawtcp"
 	"github.com/sluice-proxy/sluice/internal/sockio"
 )
+
+// upstreamKeepalive is the keepalive of upstream WebSocket connections,
+// as net.Dialer's default: a backend host that vanishes is found, not
+// waited for.
+var upstreamKeepalive = rawtcp.Keepalive{Idle: 15, Interval: 15, Count: 9}
+
+// dialTCP connects to host ("address:port") within timeout (0: no limit
+// of our own) or until ctx is done. An IP address is dialled with rawtcp
+// (every call raw, see that package); a name goes through net's resolver
+// and dialer.
+func dialTCP(ctx context.Context, host string, timeout time.Duration) (net.Conn, error) {
+	if ap, err := netip.ParseAddrPort(host); err == nil && ap.Addr().Zone() == "" {
+		return rawtcp.Dial(ctx, ap, timeout, upstreamKeepalive)
+	}
+	d := net.Dialer{Timeout: timeout}
+	return d.DialContext(ctx, "tcp", host)
+}
 
 // rawSock is a plain TCP connection whose Read and Write make raw
 // recvfrom and sendto calls, through syscall.RawConn: deadlines, closing

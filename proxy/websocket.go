@@ -138,12 +138,7 @@ func (h *Handler) dialWebSocket(x *exchange, r *http.Request) (net.Conn, *bufio.
 	info := &x.info
 	cfg := x.route.cfg
 	ctx := r.Context()
-	if d := cfg.Timeouts.Connect; d > 0 { // 0 = no limit of our own
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-	}
-	conn, err := dialUpstream(ctx, info.upstream.url)
+	conn, err := dialUpstream(ctx, info.upstream.url, cfg.Timeouts.Connect)
 	if err != nil && isDialError(err) {
 		info.upstream.markDown(now())
 		if next := x.route.bal.pick(now(), info.upstream); next != info.upstream {
@@ -152,7 +147,7 @@ func (h *Handler) dialWebSocket(x *exchange, r *http.Request) (net.Conn, *bufio.
 			if cfg.HostHeader == config.HostUpstream {
 				out.Host = next.url.Host
 			}
-			conn, err = dialUpstream(ctx, next.url)
+			conn, err = dialUpstream(ctx, next.url, cfg.Timeouts.Connect)
 			if err != nil && isDialError(err) {
 				next.markDown(now())
 			}
@@ -233,7 +228,9 @@ func removeHopByHop(h http.Header) {
 	}
 }
 
-func dialUpstream(ctx context.Context, u *url.URL) (net.Conn, error) {
+// dialUpstream connects to the upstream at u within timeout (0: no limit
+// of our own) or until ctx is done.
+func dialUpstream(ctx context.Context, u *url.URL, timeout time.Duration) (net.Conn, error) {
 	host := u.Host
 	if u.Port() == "" {
 		if u.Scheme == "https" {
@@ -243,11 +240,15 @@ func dialUpstream(ctx context.Context, u *url.URL) (net.Conn, error) {
 		}
 	}
 	if u.Scheme == "https" {
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
 		d := &tls.Dialer{Config: &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}}}
 		return d.DialContext(ctx, "tcp", host)
 	}
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", host)
+	return dialTCP(ctx, host, timeout)
 }
 
 // relayResponse copies an upstream's answer (a refused upgrade) to the

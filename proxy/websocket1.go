@@ -130,20 +130,15 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 // after it when that dial fails.
 func (sc *serverConn) dialWebSocket(x *exchange) (net.Conn, error) {
 	route := x.route
-	ctx := context.Background()
-	if d := route.cfg.Timeouts.Connect; d > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-	}
+	ctx, timeout := context.Background(), route.cfg.Timeouts.Connect
 	u := route.bal.pick(now(), nil)
 	x.info.upstream = u
-	conn, err := dialUpstream(ctx, u.url)
+	conn, err := dialUpstream(ctx, u.url, timeout)
 	if err != nil && isDialError(err) {
 		u.markDown(now())
 		if next := route.bal.pick(now(), u); next != u {
 			x.info.upstream, x.info.retried = next, true
-			conn, err = dialUpstream(ctx, next.url)
+			conn, err = dialUpstream(ctx, next.url, timeout)
 			if err != nil && isDialError(err) {
 				next.markDown(now())
 			}

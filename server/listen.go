@@ -18,5 +18,9 @@ const (
 
 // listenTCP binds addr with the client keepalive above.
 func listenTCP(addr string) (net.Listener, error) {
-	return listenConfig.Listen(context.Background(), "tcp", addr)
+	ln, err := listenConfig.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return rawListener(ln)
 }

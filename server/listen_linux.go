@@ -3,7 +3,20 @@ package server
 import (
 	"net"
 	"syscall"
+
+	"github.com/sluice-proxy/sluice/internal/rawtcp"
 )
+
+// rawListener hands ln's socket to a rawtcp.Listener, whose connections
+// make only raw system calls (see package rawtcp): the proxy's sockets,
+// from accept to close, then never wake Go's sysmon thread.
+func rawListener(ln net.Listener) (net.Listener, error) {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return ln, nil
+	}
+	return rawtcp.Listen(tl)
+}
 
 // On Linux an accepted socket inherits the listening socket's keepalive
 // options, so they are set once, on the listener, instead of with four

@@ -4,6 +4,8 @@ import (
 	"net"
 	"syscall"
 	"testing"
+
+	"github.com/sluice-proxy/sluice/internal/rawtcp"
 )
 
 // TestListenerKeepAlive checks that an accepted client connection carries
@@ -24,7 +26,11 @@ func TestListenerKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	rc, err := c.(*net.TCPConn).SyscallConn()
+	// The proxy's listeners hand out rawtcp connections (see rawListener).
+	if _, ok := c.(*rawtcp.Conn); !ok {
+		t.Fatalf("accepted a %T, want *rawtcp.Conn", c)
+	}
+	rc, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/sluice-proxy/sluice/internal/rawtcp"
 	"github.com/sluice-proxy/sluice/internal/sockio"
 )
 
@@ -21,6 +22,8 @@ func rawConnOf(c net.Conn) syscall.RawConn {
 	case *net.TCPConn:
 		sc = c
 	case *net.UnixConn:
+		sc = c
+	case *rawtcp.Conn:
 		sc = c
 	default:
 		return nil

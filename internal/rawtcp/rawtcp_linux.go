@@ -1,0 +1,663 @@
+// Package rawtcp provides TCP listeners and connections whose system calls,
+// from accept or connect to close, are raw ones, while their waits for
+// readiness and their deadlines still go through Go's netpoller.
+//
+// Why: Go's ordinary syscalls pass through the scheduler (entersyscall),
+// and the first one after an idle moment wakes the runtime's sysmon thread,
+// which then ticks every 20 µs while the process is busy; a slow one can
+// also make the scheduler hand the P to another thread. On a proxy pinned
+// to one core that cost 10–15 % of its CPU in the WebSocket handshake
+// benchmark (bench/README.md), where each session accepts, dials and closes
+// two sockets. A raw call on a non-blocking socket cannot block, so the
+// scheduler need not know of it. net's accept, connect, setsockopt and
+// close are ordinary syscalls.
+//
+// Sockets join Go's netpoller as os.File values (os.NewFile registers a
+// non-blocking descriptor with raw calls) and are read and written with
+// raw recvfrom and sendto through their syscall.RawConn, as proxy's rawSock
+// does for net's connections. The one ordinary call left is os.File's
+// close: Close releases the socket at once with a raw call and leaves only
+// the descriptor number to be closed, in batches (see Conn.Close and reap).
+package rawtcp
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/sluice-proxy/sluice/internal/sockio"
+)
+
+// Conn is a TCP connection. It implements net.Conn and syscall.Conn.
+type Conn struct {
+	f      *os.File
+	rc     syscall.RawConn
+	raw    rawConn // what SyscallConn hands out
+	raddr  *net.TCPAddr
+	laddr  atomic.Pointer[net.TCPAddr] // looked up on first use
+	closed atomic.Bool
+	// waiting counts calls that may wait on the netpoller (Read, Write,
+	// and RawConn's Read and Write): Close must wake them (see Close).
+	waiting atomic.Int32
+}
+
+func newConn(fd int, raddr *net.TCPAddr) (*Conn, error) {
+	f := os.NewFile(uintptr(fd), "tcp")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	c := &Conn{f: f, rc: rc, raddr: raddr}
+	c.raw.c = c
+	return c, nil
+}
+
+// rawConn is the connection's syscall.RawConn, counting the calls that may
+// wait.
+type rawConn struct{ c *Conn }
+
+func (r *rawConn) Control(f func(fd uintptr)) error { return r.c.rc.Control(f) }
+
+func (r *rawConn) Read(f func(fd uintptr) bool) error {
+	r.c.waiting.Add(1)
+	defer r.c.waiting.Add(-1)
+	return r.c.rc.Read(f)
+}
+
+func (r *rawConn) Write(f func(fd uintptr) bool) error {
+	r.c.waiting.Add(1)
+	defer r.c.waiting.Add(-1)
+	return r.c.rc.Write(f)
+}
+
+// op is the state of one raw read or write. Its callbacks are bound once
+// (a closure per call would allocate), and ops are pooled, so that
+// concurrent calls on one connection do not share state.
+type op struct {
+	c          *Conn
+	buf        []byte
+	n          int
+	errno      syscall.Errno
+	closed     bool // the call found the connection closed by Close
+	recv, send func(fd uintptr) bool
+}
+
+var ops = sync.Pool{New: func() any {
+	o := new(op)
+	o.recv, o.send = o.doRecv, o.doSend
+	return o
+}}
+
+func (o *op) doRecv(fd uintptr) bool {
+	// Close shuts the socket down, so a waiting call wakes up and ends
+	// here.
+	if o.closed = o.c.closed.Load(); o.closed {
+		return true
+	}
+	n, e := sockio.Recv(fd, o.buf)
+	switch e {
+	case syscall.EAGAIN:
+		return false
+	case 0:
+		o.n = n
+	default:
+		o.errno = e
+	}
+	return true
+}
+
+func (o *op) doSend(fd uintptr) bool {
+	for o.n < len(o.buf) {
+		if o.closed = o.c.closed.Load(); o.closed {
+			return true
+		}
+		n, e := sockio.Send(fd, o.buf[o.n:])
+		switch e {
+		case syscall.EAGAIN:
+			return false
+		case 0:
+			o.n += n
+		default:
+			o.errno = e
+			return true
+		}
+	}
+	return true
+}
+
+// do makes one raw read into p, or writes all of p, waiting on the
+// netpoller as net's own calls do.
+func (c *Conn) do(p []byte, write bool) (n int, errno syscall.Errno, err error) {
+	o := ops.Get().(*op)
+	o.c, o.buf = c, p
+	c.waiting.Add(1)
+	if write {
+		err = c.rc.Write(o.send)
+	} else {
+		err = c.rc.Read(o.recv)
+	}
+	c.waiting.Add(-1)
+	n, errno = o.n, o.errno
+	if o.closed {
+		err = net.ErrClosed
+	}
+	*o = op{recv: o.recv, send: o.send}
+	ops.Put(o)
+	return n, errno, err
+}
+
+// Read reads once into p, as net.Conn's Read does.
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, errno, err := c.do(p, false)
+	switch {
+	case err != nil:
+		return 0, c.opError("read", err)
+	case errno != 0:
+		return 0, c.opError("read", errno)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write writes all of p unless an error (a deadline) stops it.
+func (c *Conn) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, errno, err := c.do(p, true)
+	switch {
+	case err != nil:
+		return n, c.opError("write", err)
+	case errno != 0:
+		return n, c.opError("write", errno)
+	}
+	return n, nil
+}
+
+// opError words a failure as net's Read and Write do ("read tcp a->b:
+// ..."), with net's error values for a closed connection and a deadline.
+func (c *Conn) opError(op string, err error) error {
+	switch {
+	case c.closed.Load():
+		// Whether the call found the socket shut down or its file
+		// released (os.File's own error), it was closed here.
+		err = net.ErrClosed
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		err = os.ErrDeadlineExceeded
+	default:
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			err = os.NewSyscallError(op, errno)
+		}
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.raddr, Err: err}
+}
+
+// Close closes the socket at once, with a raw call, and hands the
+// descriptor to the next batch of releases (see reap).
+//
+// The socket is closed by putting a placeholder (/dev/null) in its place
+// under the same descriptor number (dup3): the kernel releases the socket
+// exactly as close would (the peer sees the FIN, or a reset when data was
+// left unread, and every epoll set forgets it), while the number stays
+// taken, so that no other socket can get it while a call on this one is
+// still in flight; the batch closes the placeholder. A call waiting on the
+// netpoller would not be woken by that (no event comes from a placeholder),
+// so when one may be waiting the socket is shut down instead, which wakes
+// it, and the batch closes the socket itself.
+func (c *Conn) Close() error {
+	if c.closed.Swap(true) {
+		return c.opError("close", net.ErrClosed)
+	}
+	// A call that starts waiting after this load finds closed set (it
+	// looks before each wait): see op.
+	if c.waiting.Load() > 0 || placeholder() < 0 {
+		c.rc.Control(func(fd uintptr) { shutdown(fd, syscall.SHUT_RDWR) })
+	} else {
+		c.rc.Control(func(fd uintptr) {
+			if replaceFd(fd) != 0 {
+				shutdown(fd, syscall.SHUT_RDWR)
+			}
+		})
+	}
+	closeSoon(c.f)
+	return nil
+}
+
+// placeholderFd is /dev/null, opened once, that closed sockets' numbers
+// point at until their batch: -1 if it could not be opened.
+var placeholderFd = sync.OnceValue(func() int {
+	fd, err := syscall.Open("/dev/null", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
+})
+
+func placeholder() int { return placeholderFd() }
+
+// replaceFd makes fd a duplicate of the placeholder, releasing the socket.
+func replaceFd(fd uintptr) syscall.Errno {
+	for {
+		_, _, e := syscall.RawSyscall(syscall.SYS_DUP3, uintptr(placeholder()), fd, syscall.O_CLOEXEC)
+		if e != syscall.EINTR && e != syscall.EBUSY {
+			return e
+		}
+	}
+}
+
+// CloseWrite shuts down the writing side (the peer reads the end of the
+// stream), as net.TCPConn's does.
+func (c *Conn) CloseWrite() error {
+	if c.closed.Load() {
+		return c.opError("close", net.ErrClosed)
+	}
+	var e syscall.Errno
+	c.rc.Control(func(fd uintptr) { e = shutdown(fd, syscall.SHUT_WR) })
+	if e != 0 {
+		return c.opError("close", e)
+	}
+	return nil
+}
+
+func shutdown(fd uintptr, how int) syscall.Errno {
+	_, _, e := syscall.RawSyscall(syscall.SYS_SHUTDOWN, fd, uintptr(how), 0)
+	return e
+}
+
+// LocalAddr returns the local address, looked up once.
+func (c *Conn) LocalAddr() net.Addr {
+	if a := c.laddr.Load(); a != nil {
+		return a
+	}
+	var a *net.TCPAddr
+	c.rc.Control(func(fd uintptr) { a = sockName(fd, syscall.SYS_GETSOCKNAME) })
+	if a == nil {
+		return &net.TCPAddr{}
+	}
+	c.laddr.Store(a)
+	return a
+}
+
+// RemoteAddr returns the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
+
+func (c *Conn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
+func (c *Conn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
+
+// SyscallConn gives raw access to the socket, for the splice's own polling.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return &c.raw, nil }
+
+// sockName returns the address getsockname or getpeername (call) reports
+// for fd, or nil.
+func sockName(fd uintptr, call uintptr) *net.TCPAddr {
+	var rsa syscall.RawSockaddrAny
+	n := uint32(unsafe.Sizeof(rsa))
+	_, _, e := syscall.RawSyscall(call, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
+	if e != 0 {
+		return nil
+	}
+	return tcpAddrOf(&rsa)
+}
+
+// tcpAddrOf converts a raw IPv4 or IPv6 socket address.
+func tcpAddrOf(rsa *syscall.RawSockaddrAny) *net.TCPAddr {
+	switch rsa.Addr.Family {
+	case syscall.AF_INET:
+		sa := (*syscall.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return &net.TCPAddr{IP: net.IP{sa.Addr[0], sa.Addr[1], sa.Addr[2], sa.Addr[3]}, Port: int(p[0])<<8 | int(p[1])}
+	case syscall.AF_INET6:
+		sa := (*syscall.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		a := &net.TCPAddr{IP: make(net.IP, net.IPv6len), Port: int(p[0])<<8 | int(p[1])}
+		copy(a.IP, sa.Addr[:])
+		if sa.Scope_id != 0 {
+			if ifi, err := net.InterfaceByIndex(int(sa.Scope_id)); err == nil {
+				a.Zone = ifi.Name
+			}
+		}
+		return a
+	}
+	return nil
+}
+
+// Listener accepts TCP connections with raw accept4 calls.
+type Listener struct {
+	f      *os.File
+	rc     syscall.RawConn
+	addr   net.Addr
+	closed atomic.Bool
+	accept func(fd uintptr) bool // bound once; guarded by mu
+	mu     sync.Mutex            // one Accept at a time owns the fields below
+	nfd    int
+	errno  syscall.Errno
+	rsa    syscall.RawSockaddrAny
+}
+
+// Listen takes over ln: from then on the socket belongs to the returned
+// Listener, and ln is closed. TCP_NODELAY is set on the listening socket,
+// which Linux copies to every accepted one (net sets it per connection).
+func Listen(ln *net.TCPListener) (*Listener, error) {
+	addr := ln.Addr()
+	f, err := ln.File() // a duplicate that stays non-blocking and polled
+	ln.Close()
+	if err != nil {
+		return nil, err
+	}
+	rc, err := f.SyscallConn()
+	if err == nil {
+		var e syscall.Errno
+		rc.Control(func(fd uintptr) { e = setInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1) })
+		if e != 0 {
+			err = os.NewSyscallError("setsockopt", e)
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	l := &Listener{f: f, rc: rc, addr: addr}
+	l.accept = l.doAccept
+	return l, nil
+}
+
+func (l *Listener) doAccept(fd uintptr) bool {
+	for {
+		n := uint32(unsafe.Sizeof(l.rsa))
+		r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&l.rsa)),
+			uintptr(unsafe.Pointer(&n)), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
+		switch e {
+		case 0:
+			l.nfd, l.errno = int(r), 0
+			return true
+		case syscall.EAGAIN:
+			return false
+		case syscall.EINTR, syscall.ECONNABORTED:
+			// Interrupted, or a client that gave up in the queue.
+		default:
+			l.nfd, l.errno = -1, e
+			return true
+		}
+	}
+}
+
+// Accept waits for and returns the next connection, a *Conn.
+func (l *Listener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	err := l.rc.Read(l.accept)
+	fd, errno := l.nfd, l.errno
+	var raddr *net.TCPAddr
+	if err == nil && errno == 0 {
+		raddr = tcpAddrOf(&l.rsa)
+	}
+	l.mu.Unlock()
+	if l.closed.Load() || errors.Is(err, os.ErrClosed) {
+		if err == nil && errno == 0 {
+			closeFd(fd)
+		}
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+	}
+	if err == nil && errno != 0 {
+		err = os.NewSyscallError("accept4", errno)
+	}
+	if err != nil {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
+	}
+	c, err := newConn(fd, raddr)
+	if err != nil {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
+	}
+	return c, nil
+}
+
+// Close stops the listener; a waiting Accept returns net.ErrClosed.
+func (l *Listener) Close() error {
+	if l.closed.Swap(true) {
+		return &net.OpError{Op: "close", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+	}
+	return l.f.Close()
+}
+
+// Addr returns the listening address.
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+// SyscallConn gives raw access to the listening socket.
+func (l *Listener) SyscallConn() (syscall.RawConn, error) { return l.rc, nil }
+
+// Keepalive settings applied by Dial (SetKeepAlive), as for client
+// connections: probes after idle seconds of silence, every interval
+// seconds, count of them.
+type Keepalive struct{ Idle, Interval, Count int }
+
+// Dial connects to addr, waiting for timeout at most (0: no limit of its
+// own) or until ctx is done. Failures are *net.OpError with Op "dial", as
+// net.Dialer's are. The socket gets TCP_NODELAY, and keepalive when ka is
+// not zero.
+func Dial(ctx context.Context, addr netip.AddrPort, timeout time.Duration, ka Keepalive) (*Conn, error) {
+	raddr := net.TCPAddrFromAddrPort(addr)
+	fail := func(err error) (*Conn, error) {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: raddr, Err: err}
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	ip := addr.Addr().Unmap()
+	var sa syscall.RawSockaddrAny
+	var salen uintptr
+	family := syscall.AF_INET
+	if ip.Is4() {
+		sa4 := (*syscall.RawSockaddrInet4)(unsafe.Pointer(&sa))
+		sa4.Family = syscall.AF_INET
+		sa4.Addr = ip.As4()
+		putPort(&sa4.Port, addr.Port())
+		salen = unsafe.Sizeof(*sa4)
+	} else {
+		if ip.Zone() != "" {
+			return fail(errors.New("zoned IPv6 addresses are not supported here"))
+		}
+		family = syscall.AF_INET6
+		sa6 := (*syscall.RawSockaddrInet6)(unsafe.Pointer(&sa))
+		sa6.Family = syscall.AF_INET6
+		sa6.Addr = ip.As16()
+		putPort(&sa6.Port, addr.Port())
+		salen = unsafe.Sizeof(*sa6)
+	}
+	r, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, uintptr(family),
+		syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
+	if e != 0 {
+		return fail(os.NewSyscallError("socket", e))
+	}
+	fd := uintptr(r)
+	e = setInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
+	if e == 0 && ka != (Keepalive{}) {
+		e = setKeepalive(fd, ka)
+	}
+	if e != 0 {
+		closeFd(int(fd))
+		return fail(os.NewSyscallError("setsockopt", e))
+	}
+	for {
+		_, _, e = syscall.RawSyscall(syscall.SYS_CONNECT, fd, uintptr(unsafe.Pointer(&sa)), salen)
+		if e != syscall.EINTR {
+			break
+		}
+	}
+	switch e {
+	case 0, syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
+	default:
+		closeFd(int(fd))
+		return fail(os.NewSyscallError("connect", e))
+	}
+	c, err := newConn(int(fd), raddr)
+	if err != nil {
+		return fail(err)
+	}
+	if e != 0 {
+		if err := c.awaitConnect(ctx, timeout); err != nil {
+			c.closeNow()
+			return fail(err)
+		}
+	}
+	return c, nil
+}
+
+// awaitConnect waits for a connect in progress to finish. On loopback it
+// has, by the time connect returns: that is looked at first, before any
+// deadline or cancellation is set up.
+func (c *Conn) awaitConnect(ctx context.Context, timeout time.Duration) error {
+	var errno syscall.Errno
+	check := func(fd uintptr) bool {
+		v, e := getInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+		if e != 0 {
+			errno = e
+			return true
+		}
+		switch syscall.Errno(v) {
+		case 0:
+			// Not failed; connected once it has a peer (the poller can
+			// also report a socket early).
+			var rsa syscall.RawSockaddrAny
+			n := uint32(unsafe.Sizeof(rsa))
+			_, _, e := syscall.RawSyscall(syscall.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
+			return e == 0
+		case syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
+			return false
+		default:
+			errno = syscall.Errno(v)
+			return true
+		}
+	}
+	done := false
+	c.rc.Control(func(fd uintptr) { done = check(fd) })
+	if !done {
+		if timeout > 0 {
+			c.f.SetWriteDeadline(time.Now().Add(timeout))
+			defer c.f.SetWriteDeadline(time.Time{})
+		}
+		if ctx.Done() != nil {
+			stop := context.AfterFunc(ctx, func() { c.f.SetWriteDeadline(time.Unix(1, 0)) })
+			defer stop()
+		}
+		err := c.rc.Write(check)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return ctx.Err()
+		case err != nil:
+			return err
+		}
+	}
+	if errno != 0 {
+		return os.NewSyscallError("connect", errno)
+	}
+	return nil
+}
+
+// closeNow releases a connection that never reached its user.
+func (c *Conn) closeNow() {
+	c.closed.Store(true)
+	c.f.Close()
+}
+
+func putPort(p *uint16, port uint16) {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	b[0], b[1] = byte(port>>8), byte(port)
+}
+
+func setInt(fd uintptr, level, opt, v int) syscall.Errno {
+	val := int32(v)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, fd, uintptr(level), uintptr(opt),
+		uintptr(unsafe.Pointer(&val)), 4, 0)
+	return e
+}
+
+func getInt(fd uintptr, level, opt int) (int, syscall.Errno) {
+	var val int32
+	n := uint32(4)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, fd, uintptr(level), uintptr(opt),
+		uintptr(unsafe.Pointer(&val)), uintptr(unsafe.Pointer(&n)), 0)
+	return int(val), e
+}
+
+// setKeepalive turns keepalive on with ka's timing.
+func setKeepalive(fd uintptr, ka Keepalive) syscall.Errno {
+	for _, o := range [...]struct{ level, opt, v int }{
+		{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, ka.Idle},
+		{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, ka.Interval},
+		{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count},
+	} {
+		if e := setInt(fd, o.level, o.opt, o.v); e != 0 {
+			return e
+		}
+	}
+	return 0
+}
+
+func closeFd(fd int) {
+	if fd >= 0 {
+		syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
+	}
+}
+
+// The descriptors of closed connections are released in batches, by one
+// goroutine at most reapDelay after the first of a batch was closed:
+// os.File's close is an ordinary syscall, and a batch wakes sysmon once
+// rather than once per connection. The sockets are shut down already, so
+// the peers do not wait for the batch; what waits is the descriptor
+// number, and the memory behind it.
+var reaper = struct {
+	mu    sync.Mutex
+	delay time.Duration // reapDelay; tests hold batches back with it
+	files []*os.File
+	spare []*os.File // the previous batch's slice, for reuse
+	armed bool
+}{delay: reapDelay}
+
+const reapDelay = 20 * time.Millisecond
+
+func closeSoon(f *os.File) {
+	reaper.mu.Lock()
+	reaper.files = append(reaper.files, f)
+	if !reaper.armed {
+		reaper.armed = true
+		time.AfterFunc(reaper.delay, reap)
+	}
+	reaper.mu.Unlock()
+}
+
+// reap closes the files of one batch, on the timer's goroutine.
+func reap() {
+	reaper.mu.Lock()
+	files := reaper.files
+	reaper.files, reaper.spare = reaper.spare[:0], nil
+	reaper.armed = false
+	reaper.mu.Unlock()
+	for i, f := range files {
+		f.Close()
+		files[i] = nil
+	}
+	reaper.mu.Lock()
+	if reaper.spare == nil && cap(files) <= 4096 {
+		reaper.spare = files[:0]
+	}
+	reaper.mu.Unlock()
+}
+
+// Flush releases the descriptors waiting for their batch now; tests use it
+// to count descriptors.
+func Flush() { reap() }

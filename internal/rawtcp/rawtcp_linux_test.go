@@ -1,0 +1,433 @@
+package rawtcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// listen returns a rawtcp Listener on a loopback port of the family of
+// addr ("127.0.0.1:0" or "[::1]:0").
+func listen(t *testing.T, addr string) *Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot listen on %s: %v", addr, err)
+	}
+	l, err := Listen(ln.(*net.TCPListener))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// pair returns an accepted *Conn and the client connected to it, dialled
+// with Dial or with net.
+func pair(t *testing.T, l *Listener, rawDial bool) (*Conn, net.Conn) {
+	t.Helper()
+	addr := l.Addr().(*net.TCPAddr).AddrPort()
+	var client net.Conn
+	var err error
+	if rawDial {
+		client, err = Dial(context.Background(), addr, time.Second, Keepalive{})
+	} else {
+		client, err = net.Dial("tcp", addr.String())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*Conn), client
+}
+
+func TestConnReadWriteAddrs(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		addr    string
+		rawDial bool
+	}{
+		{"ipv4, net client", "127.0.0.1:0", false},
+		{"ipv4, raw client", "127.0.0.1:0", true},
+		{"ipv6, net client", "[::1]:0", false},
+		{"ipv6, raw client", "[::1]:0", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := listen(t, tc.addr)
+			c, client := pair(t, l, tc.rawDial)
+			if got, want := c.RemoteAddr().String(), client.LocalAddr().String(); got != want {
+				t.Errorf("RemoteAddr = %s, want the client's %s", got, want)
+			}
+			if got, want := c.LocalAddr().String(), client.RemoteAddr().String(); got != want {
+				t.Errorf("LocalAddr = %s, want %s", got, want)
+			}
+			if ip := c.RemoteAddr().(*net.TCPAddr).IP; tc.addr[0] != '[' && len(ip) != net.IPv4len {
+				t.Errorf("IPv4 peer has a %d-byte IP, want 4 as net gives", len(ip))
+			}
+			msg := make([]byte, 100_000) // more than one read's worth
+			for i := range msg {
+				msg[i] = byte(i)
+			}
+			go func() {
+				client.Write(msg)
+			}()
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, got); err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != string(msg) {
+				t.Fatal("bytes read differ from those written")
+			}
+			if n, err := c.Write([]byte("pong")); n != 4 || err != nil {
+				t.Fatalf("Write = %d, %v", n, err)
+			}
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "pong" {
+				t.Fatalf("client read %q, %v", buf, err)
+			}
+		})
+	}
+}
+
+// TestSocketOptions: accepted sockets inherit TCP_NODELAY from the
+// listener; dialled ones get it, and keepalive when asked.
+func TestSocketOptions(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	c, _ := pair(t, l, false)
+	ka := Keepalive{Idle: 21, Interval: 7, Count: 3}
+	d, err := Dial(context.Background(), l.Addr().(*net.TCPAddr).AddrPort(), time.Second, ka)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, tc := range []struct {
+		name       string
+		c          *Conn
+		level, opt int
+		want       int
+	}{
+		{"accepted TCP_NODELAY", c, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1},
+		{"dialled TCP_NODELAY", d, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1},
+		{"dialled SO_KEEPALIVE", d, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+		{"dialled TCP_KEEPIDLE", d, syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, 21},
+		{"dialled TCP_KEEPINTVL", d, syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, 7},
+		{"dialled TCP_KEEPCNT", d, syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, 3},
+	} {
+		rc, _ := tc.c.SyscallConn()
+		var got int
+		var gerr error
+		rc.Control(func(fd uintptr) { got, gerr = syscall.GetsockoptInt(int(fd), tc.level, tc.opt) })
+		if gerr != nil || got != tc.want {
+			t.Errorf("%s = %d (%v), want %d", tc.name, got, gerr, tc.want)
+		}
+	}
+}
+
+// TestClose: the peer sees the end at once, not when the batch releases
+// the descriptor; calls after Close fail with net.ErrClosed; data left
+// unread makes the close a reset, as close(2) does.
+func TestClose(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+
+	holdBatches(t)
+	c, client := pair(t, l, false)
+	fd := fdOf(c)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	client.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("peer read after Close: %d, %v; want EOF", n, err)
+	}
+	// The socket is gone, and its number held by the placeholder until
+	// the batch runs.
+	if target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)); err != nil || target != "/dev/null" {
+		t.Errorf("descriptor %d after Close: %q, %v; want the placeholder /dev/null", fd, target, err)
+	}
+	for name, call := range map[string]func() error{
+		"Read":       func() error { _, err := c.Read(make([]byte, 1)); return err },
+		"Write":      func() error { _, err := c.Write([]byte("x")); return err },
+		"Close":      c.Close,
+		"CloseWrite": c.CloseWrite,
+	} {
+		if err := call(); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("%s after Close: %v, want net.ErrClosed", name, err)
+		}
+	}
+
+	c, client = pair(t, l, false)
+	client.Write([]byte("left unread"))
+	time.Sleep(20 * time.Millisecond) // let it arrive
+	c.Close()
+	client.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("peer read after closing with unread data: %v, want a reset", err)
+	}
+}
+
+// TestCloseWakesWaiters: Close ends calls waiting on the connection, for
+// Read and for RawConn's Read (the splice's), promptly and with
+// net.ErrClosed or a closed RawConn.
+func TestCloseWakesWaiters(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	for _, tc := range []struct {
+		name string
+		wait func(c *Conn) error
+	}{
+		{"Read", func(c *Conn) error { _, err := c.Read(make([]byte, 10)); return err }},
+		{"RawConn.Read", func(c *Conn) error {
+			rc, _ := c.SyscallConn()
+			var b [1]byte
+			return rc.Read(func(fd uintptr) bool {
+				if c.closed.Load() {
+					return true
+				}
+				_, err := syscall.Read(int(fd), b[:])
+				return err != syscall.EAGAIN
+			})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			holdBatches(t) // so that only Close can wake the call
+			c, _ := pair(t, l, false)
+			done := make(chan error, 1)
+			go func() { done <- tc.wait(c) }()
+			for c.waiting.Load() == 0 {
+				runtime.Gosched()
+			}
+			time.Sleep(10 * time.Millisecond) // into the netpoller
+			c.Close()
+			select {
+			case err := <-done:
+				if tc.name == "Read" && !errors.Is(err, net.ErrClosed) {
+					t.Errorf("Read = %v, want net.ErrClosed", err)
+				}
+			case <-time.After(2 * time.Second):
+				t.Fatalf("%s still waiting after Close", tc.name)
+			}
+		})
+	}
+}
+
+func TestCloseWrite(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	c, client := pair(t, l, false)
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("peer read after CloseWrite: %v, want EOF", err)
+	}
+	client.Write([]byte("still"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "still" {
+		t.Fatalf("read after CloseWrite: %q, %v", buf, err)
+	}
+}
+
+func TestDeadlines(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	c, _ := pair(t, l, false)
+	c.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
+	start := time.Now()
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past its deadline: %v, want a timeout", err)
+	}
+	if d := time.Since(start); d < 25*time.Millisecond || d > 2*time.Second {
+		t.Errorf("deadline of 30ms fired after %v", d)
+	}
+	c.SetReadDeadline(time.Time{})
+	c.SetWriteDeadline(time.Now().Add(-time.Second))
+	if _, err := c.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write past its deadline: %v", err)
+	}
+}
+
+func TestDialErrors(t *testing.T) {
+	// A port nobody listens on: take one, then close it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+
+	// A listener whose queue is full drops further SYNs, so a dial to it
+	// waits: that is the timeout case, on loopback.
+	full := fullListener(t)
+
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	for _, tc := range []struct {
+		name        string
+		ctx         context.Context
+		cancelAfter time.Duration // cancel ctx while the dial waits
+		addr        netip.AddrPort
+		timeout     time.Duration
+		check       func(error) bool
+	}{
+		{"refused", context.Background(), 0, closed, time.Second,
+			func(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }},
+		{"timeout", context.Background(), 0, full, 100 * time.Millisecond,
+			func(err error) bool { var ne net.Error; return errors.As(err, &ne) && ne.Timeout() }},
+		{"cancelled", cancelled, 0, full, time.Second,
+			func(err error) bool { return errors.Is(err, context.Canceled) }},
+		{"cancelled while waiting, no timeout", context.Background(), 100 * time.Millisecond, full, 0,
+			func(err error) bool { return errors.Is(err, context.Canceled) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := tc.ctx
+			if tc.cancelAfter > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(ctx)
+				defer cancel()
+				time.AfterFunc(tc.cancelAfter, cancel)
+			}
+			start := time.Now()
+			c, err := Dial(ctx, tc.addr, tc.timeout, Keepalive{})
+			if err == nil {
+				c.Close()
+				t.Fatal("Dial succeeded")
+			}
+			var op *net.OpError
+			if !errors.As(err, &op) || op.Op != "dial" {
+				t.Errorf("error %v is not a dial *net.OpError", err)
+			}
+			if !tc.check(err) {
+				t.Errorf("error %v is not what %s should give", err, tc.name)
+			}
+			d := time.Since(start)
+			if d > max(tc.timeout, tc.cancelAfter)+time.Second {
+				t.Errorf("Dial took %v", d)
+			}
+			// Those that wait for the full listener wait their time.
+			if wait := max(tc.timeout, tc.cancelAfter); tc.addr == full && tc.ctx.Err() == nil && d < wait*9/10 {
+				t.Errorf("Dial gave up after %v, before its %v", d, wait)
+			}
+		})
+	}
+}
+
+// fullListener returns the address of a listener with a backlog of one
+// that accepts nothing and already has its queue full.
+func fullListener(t *testing.T) netip.AddrPort {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*syscall.SockaddrInet4).Port))
+	// Fill the queue; once a dial stops completing at once, it is full.
+	for i := range 8 {
+		c, err := net.DialTimeout("tcp", addr.String(), 50*time.Millisecond)
+		if err != nil {
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+		if i == 7 {
+			t.Skip("the listen queue did not fill up")
+		}
+	}
+	return addr
+}
+
+func TestListenerClose(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Accept()
+		done <- err
+	}()
+	time.Sleep(10 * time.Millisecond)
+	l.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Accept after Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Accept still waiting after Close")
+	}
+}
+
+// TestDescriptorsReleased: every descriptor of closed connections is gone
+// once their batch has run.
+func TestDescriptorsReleased(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	Flush()
+	before := openFds(t)
+	addr := l.Addr().(*net.TCPAddr).AddrPort()
+	for range 50 {
+		d, err := Dial(context.Background(), addr, time.Second, Keepalive{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		d.Close()
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for openFds(t) > before && time.Now().Before(deadline) {
+		time.Sleep(reapDelay)
+	}
+	if n := openFds(t); n > before {
+		t.Fatalf("%d descriptors open after the batches, %d before", n, before)
+	}
+}
+
+// holdBatches keeps descriptors from being released until the test ends,
+// once the batches already due have run.
+func holdBatches(t *testing.T) {
+	time.Sleep(2 * reapDelay)
+	reaper.mu.Lock()
+	reaper.delay = time.Hour
+	reaper.mu.Unlock()
+	t.Cleanup(func() {
+		reaper.mu.Lock()
+		reaper.delay = reapDelay
+		reaper.mu.Unlock()
+		Flush()
+	})
+}
+
+func fdOf(c *Conn) int {
+	var n int
+	c.rc.Control(func(fd uintptr) { n = int(fd) })
+	return n
+}
+
+func openFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	return len(ents)
+}
