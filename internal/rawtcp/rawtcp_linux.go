@@ -88,14 +88,29 @@ type op struct {
 	n          int
 	errno      syscall.Errno
 	closed     bool // the call found the connection closed by Close
+	done       bool // doConnectNow: the connect has finished
 	recv, send func(fd uintptr) bool
+	connect    func(fd uintptr) bool
+	connectNow func(fd uintptr)
 }
 
 var ops = sync.Pool{New: func() any {
 	o := new(op)
-	o.recv, o.send = o.doRecv, o.doSend
+	o.recv, o.send, o.connect, o.connectNow = o.doRecv, o.doSend, o.doConnect, o.doConnectNow
 	return o
 }}
+
+// getOp returns a clean op for c; putOp gives it back.
+func getOp(c *Conn) *op {
+	o := ops.Get().(*op)
+	o.c = c
+	return o
+}
+
+func putOp(o *op) {
+	*o = op{recv: o.recv, send: o.send, connect: o.connect, connectNow: o.connectNow}
+	ops.Put(o)
+}
 
 func (o *op) doRecv(fd uintptr) bool {
 	// Close shuts the socket down, so a waiting call wakes up and ends
@@ -137,8 +152,8 @@ func (o *op) doSend(fd uintptr) bool {
 // do makes one raw read into p, or writes all of p, waiting on the
 // netpoller as net's own calls do.
 func (c *Conn) do(p []byte, write bool) (n int, errno syscall.Errno, err error) {
-	o := ops.Get().(*op)
-	o.c, o.buf = c, p
+	o := getOp(c)
+	o.buf = p
 	c.waiting.Add(1)
 	if write {
 		err = c.rc.Write(o.send)
@@ -150,8 +165,7 @@ func (c *Conn) do(p []byte, write bool) (n int, errno syscall.Errno, err error) 
 	if o.closed {
 		err = net.ErrClosed
 	}
-	*o = op{recv: o.recv, send: o.send}
-	ops.Put(o)
+	putOp(o)
 	return n, errno, err
 }
 
@@ -520,31 +534,10 @@ func Dial(ctx context.Context, addr netip.AddrPort, timeout time.Duration, ka Ke
 // has, by the time connect returns: that is looked at first, before any
 // deadline or cancellation is set up.
 func (c *Conn) awaitConnect(ctx context.Context, timeout time.Duration) error {
-	var errno syscall.Errno
-	check := func(fd uintptr) bool {
-		v, e := getInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
-		if e != 0 {
-			errno = e
-			return true
-		}
-		switch syscall.Errno(v) {
-		case 0:
-			// Not failed; connected once it has a peer (the poller can
-			// also report a socket early).
-			var rsa syscall.RawSockaddrAny
-			n := uint32(unsafe.Sizeof(rsa))
-			_, _, e := syscall.RawSyscall(syscall.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
-			return e == 0
-		case syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
-			return false
-		default:
-			errno = syscall.Errno(v)
-			return true
-		}
-	}
-	done := false
-	c.rc.Control(func(fd uintptr) { done = check(fd) })
-	if !done {
+	o := getOp(c)
+	defer putOp(o)
+	c.rc.Control(o.connectNow)
+	if !o.done {
 		if timeout > 0 {
 			c.f.SetWriteDeadline(time.Now().Add(timeout))
 			defer c.f.SetWriteDeadline(time.Time{})
@@ -553,7 +546,7 @@ func (c *Conn) awaitConnect(ctx context.Context, timeout time.Duration) error {
 			stop := context.AfterFunc(ctx, func() { c.f.SetWriteDeadline(time.Unix(1, 0)) })
 			defer stop()
 		}
-		err := c.rc.Write(check)
+		err := c.rc.Write(o.connect)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return ctx.Err()
@@ -561,10 +554,36 @@ func (c *Conn) awaitConnect(ctx context.Context, timeout time.Duration) error {
 			return err
 		}
 	}
-	if errno != 0 {
-		return os.NewSyscallError("connect", errno)
+	if o.errno != 0 {
+		return os.NewSyscallError("connect", o.errno)
 	}
 	return nil
+}
+
+func (o *op) doConnectNow(fd uintptr) { o.done = o.doConnect(fd) }
+
+// doConnect reports whether the connect on fd has finished, leaving its
+// failure, if any, in o.errno.
+func (o *op) doConnect(fd uintptr) bool {
+	v, e := getInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+	if e != 0 {
+		o.errno = e
+		return true
+	}
+	switch syscall.Errno(v) {
+	case 0:
+		// Not failed; connected once it has a peer (the poller can also
+		// report a socket early).
+		var rsa syscall.RawSockaddrAny
+		n := uint32(unsafe.Sizeof(rsa))
+		_, _, e := syscall.RawSyscall(syscall.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
+		return e == 0
+	case syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
+		return false
+	default:
+		o.errno = syscall.Errno(v)
+		return true
+	}
 }
 
 // closeNow releases a connection that never reached its user.
@@ -657,7 +676,3 @@ func reap() {
 	}
 	reaper.mu.Unlock()
 }
-
-// Flush releases the descriptors waiting for their batch now; tests use it
-// to count descriptors.
-func Flush() { reap() }

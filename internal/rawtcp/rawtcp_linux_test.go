@@ -378,7 +378,7 @@ func TestListenerClose(t *testing.T) {
 // once their batch has run.
 func TestDescriptorsReleased(t *testing.T) {
 	l := listen(t, "127.0.0.1:0")
-	Flush()
+	reap()
 	before := openFds(t)
 	addr := l.Addr().(*net.TCPAddr).AddrPort()
 	for range 50 {
@@ -413,7 +413,7 @@ func holdBatches(t *testing.T) {
 		reaper.mu.Lock()
 		reaper.delay = reapDelay
 		reaper.mu.Unlock()
-		Flush()
+		reap()
 	})
 }
 

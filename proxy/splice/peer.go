@@ -283,7 +283,7 @@ func (s *Session) drain(p *peer) {
 				return false // wait until p can take more
 			}
 			if err != nil {
-				werr = &net.OpError{Op: "write", Net: p.conn.LocalAddr().Network(), Err: os.NewSyscallError("sendto", err)}
+				werr = &net.OpError{Op: "write", Net: p.conn.RemoteAddr().Network(), Err: os.NewSyscallError("sendto", err)}
 				break
 			}
 			p.poff += n

@@ -290,15 +290,7 @@ func (s *Session) register(d *dir, flags uint32) error {
 	}
 	p.mu.Unlock()
 
-	var cerr error
-	err := d.src.raw.Control(func(fd uintptr) {
-		ev := syscall.EpollEvent{Events: flags}
-		setToken(&ev, d.token)
-		cerr = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
-	})
-	if err == nil {
-		err = cerr
-	}
+	err := epollCtl(d.src.raw, p.epfd, syscall.EPOLL_CTL_ADD, flags, d.token)
 	if err != nil {
 		// Not registered, so no event can come.
 		p.unregister(d)
@@ -321,8 +313,7 @@ func (p *poller) unregister(d *dir) {
 	if p.n.Add(-1) == 0 && p.running && !p.awake.Load() && !p.lingering.Load() {
 		// Removed by another goroutine (a timer's teardown) while the
 		// poller waits without a deadline: it must look, and linger.
-		var b [1]byte
-		syscall.Write(p.wake[1], b[:])
+		p.poke()
 	}
 }
 
@@ -345,8 +336,29 @@ func (p *poller) requeue(w watch) {
 	p.again = append(p.again, w)
 	p.nagain.Store(int32(len(p.again)))
 	p.mu.Unlock()
+	p.poke()
+}
+
+// poke makes the poller's goroutine look again, through its wake-up pipe.
+// The pipe is non-blocking, so its calls are raw ones (see sockio): a full
+// pipe has a wake-up pending already.
+func (p *poller) poke() {
 	var b [1]byte
-	syscall.Write(p.wake[1], b[:])
+	syscall.RawSyscall(syscall.SYS_WRITE, uintptr(p.wake[1]), uintptr(unsafe.Pointer(&b[0])), 1)
+}
+
+// drainWake empties the wake-up pipe.
+func (p *poller) drainWake() {
+	var b [64]byte
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(p.wake[0]), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 || r == 0 {
+			return
+		}
+	}
 }
 
 // epollWait fetches the reports waiting in p's epoll instance, without
@@ -426,12 +438,7 @@ func (p *poller) wait() {
 		for i := range events[:n] {
 			t := tokenOf(&events[i])
 			if t == wakeToken {
-				var b [64]byte
-				for {
-					if k, _ := syscall.Read(p.wake[0], b[:]); k <= 0 {
-						break
-					}
-				}
+				p.drainWake()
 				continue
 			}
 			if w, ok := p.lookup(t); ok {
@@ -590,29 +597,60 @@ func (s *Session) park(d *dir) (parked bool, err error) {
 
 // arm re-arms d's registration for one more report.
 func (s *Session) arm(d *dir) error {
-	var cerr error
-	err := d.src.raw.Control(func(fd uintptr) {
-		ev := syscall.EpollEvent{Events: pollFlags}
-		setToken(&ev, d.token)
-		cerr = syscall.EpollCtl(s.pl.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
-	})
-	if err != nil {
-		return err // closed: teardown
-	}
-	if cerr != nil {
+	err := epollCtl(d.src.raw, s.pl.epfd, syscall.EPOLL_CTL_MOD, pollFlags, d.token)
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
 		// ENOENT: teardown removed it meanwhile.
-		return fmt.Errorf("re-arming readiness: %w", os.NewSyscallError("epoll_ctl", cerr))
+		return fmt.Errorf("re-arming readiness: %w", os.NewSyscallError("epoll_ctl", errno))
 	}
-	return nil
+	return err // nil, or closed: teardown
 }
 
 // deregister removes d's socket from the epoll set, if the connection is
 // still open (a closed one left the set when its descriptor was closed).
 func (d *dir) deregister(p *poller) {
-	d.src.raw.Control(func(fd uintptr) {
-		syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
-	})
+	epollCtl(d.src.raw, p.epfd, syscall.EPOLL_CTL_DEL, 0, 0)
 	p.unregister(d)
+}
+
+// epollOp is one epoll_ctl on a socket, made inside RawConn.Control (see
+// the top of this file). Its callback is bound once and ops are pooled, so
+// that a session's registrations allocate nothing.
+type epollOp struct {
+	epfd, op int
+	ev       syscall.EpollEvent
+	errno    syscall.Errno
+	fn       func(fd uintptr)
+}
+
+var epollOps = sync.Pool{New: func() any {
+	o := new(epollOp)
+	o.fn = o.ctl
+	return o
+}}
+
+func (o *epollOp) ctl(fd uintptr) {
+	_, _, o.errno = syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(o.epfd), uintptr(o.op), fd,
+		uintptr(unsafe.Pointer(&o.ev)), 0, 0)
+}
+
+// epollCtl makes epoll_ctl(epfd, op) for the socket of rc with events and
+// token. It returns RawConn's error when the connection is closed, else the
+// syscall's errno (a syscall.Errno), or nil.
+func epollCtl(rc syscall.RawConn, epfd, op int, events uint32, token uint64) error {
+	o := epollOps.Get().(*epollOp)
+	o.epfd, o.op, o.ev, o.errno = epfd, op, syscall.EpollEvent{Events: events}, 0
+	setToken(&o.ev, token)
+	err := rc.Control(o.fn)
+	errno := o.errno
+	epollOps.Put(o)
+	if err != nil {
+		return err
+	}
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // dirDone ends d after its source is finished, from whoever drives d.

@@ -68,24 +68,20 @@ func (d *dir) readInto(fd uintptr) bool {
 	if d.readCap > 0 && d.readCap < len(buf) {
 		buf = buf[:d.readCap]
 	}
-	for {
-		n, err := syscall.Read(int(fd), buf)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			bufPool.Put(d.rbuf)
-			d.rbuf = nil
-			return false
-		case err != nil:
-			d.rn, d.rerr = 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", err)}
-		case n == 0:
-			d.rn, d.rerr = 0, io.EOF
-		default:
-			d.rn, d.rerr = n, nil
-		}
-		return true
+	n, e := sockio.Recv(fd, buf)
+	switch {
+	case e == syscall.EAGAIN:
+		bufPool.Put(d.rbuf)
+		d.rbuf = nil
+		return false
+	case e != 0:
+		d.rn, d.rerr = 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("recvfrom", e)}
+	case n == 0:
+		d.rn, d.rerr = 0, io.EOF
+	default:
+		d.rn, d.rerr = n, nil
 	}
+	return true
 }
 
 // probeFn returns the callback pump waits on src with.
@@ -160,7 +156,7 @@ func (d *dir) readNow(buf []byte) (n int, err error) {
 	case err == errWouldBlock:
 		return 0, err
 	case err != nil:
-		return 0, &net.OpError{Op: "read", Net: d.src.conn.LocalAddr().Network(), Err: os.NewSyscallError("recvfrom", err)}
+		return 0, &net.OpError{Op: "read", Net: d.src.conn.RemoteAddr().Network(), Err: os.NewSyscallError("recvfrom", err)}
 	case n == 0:
 		return 0, io.EOF
 	}
@@ -181,7 +177,7 @@ func (p *peer) writeNow(b []byte) (n int, err error) {
 	if cerr != nil {
 		err = cerr
 	} else if err != nil {
-		err = &net.OpError{Op: "write", Net: p.conn.LocalAddr().Network(), Err: os.NewSyscallError("sendto", err)}
+		err = &net.OpError{Op: "write", Net: p.conn.RemoteAddr().Network(), Err: os.NewSyscallError("sendto", err)}
 	}
 	return n, err
 }
