@@ -112,10 +112,15 @@ func putOp(o *op) {
 	ops.Put(o)
 }
 
+// isClosed reports whether the op's Conn, if any, was closed by Close.
+// Close shuts the socket down, so a waiting call wakes up and ends here.
+func (o *op) isClosed() bool {
+	o.closed = o.c != nil && o.c.closed.Load()
+	return o.closed
+}
+
 func (o *op) doRecv(fd uintptr) bool {
-	// Close shuts the socket down, so a waiting call wakes up and ends
-	// here.
-	if o.closed = o.c.closed.Load(); o.closed {
+	if o.isClosed() {
 		return true
 	}
 	n, e := sockio.Recv(fd, o.buf)
@@ -132,7 +137,7 @@ func (o *op) doRecv(fd uintptr) bool {
 
 func (o *op) doSend(fd uintptr) bool {
 	for o.n < len(o.buf) {
-		if o.closed = o.c.closed.Load(); o.closed {
+		if o.isClosed() {
 			return true
 		}
 		n, e := sockio.Send(fd, o.buf[o.n:])
@@ -149,75 +154,97 @@ func (o *op) doSend(fd uintptr) bool {
 	return true
 }
 
-// do makes one raw read into p, or writes all of p, waiting on the
-// netpoller as net's own calls do.
-func (c *Conn) do(p []byte, write bool) (n int, errno syscall.Errno, err error) {
-	o := getOp(c)
-	o.buf = p
-	c.waiting.Add(1)
-	if write {
-		err = c.rc.Write(o.send)
-	} else {
-		err = c.rc.Read(o.recv)
-	}
-	c.waiting.Add(-1)
-	n, errno = o.n, o.errno
-	if o.closed {
-		err = net.ErrClosed
-	}
-	putOp(o)
-	return n, errno, err
-}
-
-// Read reads once into p, as net.Conn's Read does.
-func (c *Conn) Read(p []byte) (int, error) {
+// rawRead reads once into p through rc, with a raw recvfrom, waiting on
+// the netpoller as net's own Read does; c, when not nil, is the Conn whose
+// Close ends the wait. It returns what net.Conn's Read would, with errors
+// unworded (see opError).
+func rawRead(rc syscall.RawConn, c *Conn, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, errno, err := c.do(p, false)
+	o := getOp(c)
+	o.buf = p
+	err := rc.Read(o.recv)
+	n, errno, closed := o.n, o.errno, o.closed
+	putOp(o)
 	switch {
+	case closed:
+		return 0, net.ErrClosed
 	case err != nil:
-		return 0, c.opError("read", err)
+		return 0, err
 	case errno != 0:
-		return 0, c.opError("read", errno)
+		return 0, os.NewSyscallError("read", errno)
 	case n == 0:
 		return 0, io.EOF
 	}
 	return n, nil
 }
 
-// Write writes all of p unless an error (a deadline) stops it.
-func (c *Conn) Write(p []byte) (int, error) {
+// rawWrite writes all of p through rc with raw sendto calls, as rawRead
+// reads.
+func rawWrite(rc syscall.RawConn, c *Conn, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, errno, err := c.do(p, true)
+	o := getOp(c)
+	o.buf = p
+	err := rc.Write(o.send)
+	n, errno, closed := o.n, o.errno, o.closed
+	putOp(o)
 	switch {
+	case closed:
+		return n, net.ErrClosed
 	case err != nil:
-		return n, c.opError("write", err)
+		return n, err
 	case errno != 0:
-		return n, c.opError("write", errno)
+		return n, os.NewSyscallError("write", errno)
 	}
 	return n, nil
 }
 
-// opError words a failure as net's Read and Write do ("read tcp a->b:
-// ..."), with net's error values for a closed connection and a deadline.
+// Read reads once into p, as net.Conn's Read does.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.waiting.Add(1)
+	n, err := rawRead(c.rc, c, p)
+	c.waiting.Add(-1)
+	if err != nil && err != io.EOF {
+		err = c.opError("read", err)
+	}
+	return n, err
+}
+
+// Write writes all of p unless an error (a deadline) stops it.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.waiting.Add(1)
+	n, err := rawWrite(c.rc, c, p)
+	c.waiting.Add(-1)
+	if err != nil {
+		err = c.opError("write", err)
+	}
+	return n, err
+}
+
 func (c *Conn) opError(op string, err error) error {
-	switch {
-	case c.closed.Load():
+	if c.closed.Load() {
 		// Whether the call found the socket shut down or its file
 		// released (os.File's own error), it was closed here.
 		err = net.ErrClosed
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		err = os.ErrDeadlineExceeded
-	default:
-		var errno syscall.Errno
-		if errors.As(err, &errno) {
-			err = os.NewSyscallError(op, errno)
-		}
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.raddr, Err: err}
+	return opError(op, c.LocalAddr(), c.raddr, err)
+}
+
+// opError words a failure as net's Read and Write do ("read tcp a->b:
+// ..."), not as RawConn does ("raw-read ..."), so that logs read the same.
+func opError(op string, local, remote net.Addr, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
+	}
+	var errno syscall.Errno
+	if _, ok := err.(*os.SyscallError); !ok && errors.As(err, &errno) {
+		err = os.NewSyscallError(op, errno)
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: local, Addr: remote, Err: err}
 }
 
 // Close closes the socket at once, with a raw call, and hands the
@@ -234,7 +261,7 @@ func (c *Conn) opError(op string, err error) error {
 // it, and the batch closes the socket itself.
 func (c *Conn) Close() error {
 	if c.closed.Swap(true) {
-		return c.opError("close", net.ErrClosed)
+		return opError("close", c.LocalAddr(), c.raddr, net.ErrClosed)
 	}
 	// A call that starts waiting after this load finds closed set (it
 	// looks before each wait): see op.
@@ -277,12 +304,12 @@ func replaceFd(fd uintptr) syscall.Errno {
 // stream), as net.TCPConn's does.
 func (c *Conn) CloseWrite() error {
 	if c.closed.Load() {
-		return c.opError("close", net.ErrClosed)
+		return opError("close", c.LocalAddr(), c.raddr, net.ErrClosed)
 	}
 	var e syscall.Errno
 	c.rc.Control(func(fd uintptr) { e = shutdown(fd, syscall.SHUT_WR) })
 	if e != 0 {
-		return c.opError("close", e)
+		return opError("close", c.LocalAddr(), c.raddr, os.NewSyscallError("shutdown", e))
 	}
 	return nil
 }

@@ -1,6 +1,4 @@
-//go:build linux
-
-package proxy
+package rawtcp
 
 import (
 	"bytes"
@@ -14,10 +12,14 @@ import (
 	"time"
 )
 
-// rawPair returns a rawSock over one end of a loopback TCP connection and
-// the plain other end.
-func rawPair(t *testing.T) (*rawSock, net.Conn) {
+// ioPair returns a connection of the kind under test ("Conn": accepted by
+// a Listener; "wrapped": net's, through Wrap) and the plain other end.
+func ioPair(t *testing.T, kind string) (net.Conn, net.Conn) {
 	t.Helper()
+	if kind == "Conn" {
+		c, other := pair(t, listen(t, "127.0.0.1:0"), false)
+		return c, other
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -31,19 +33,26 @@ func rawPair(t *testing.T) (*rawSock, net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, ok := newRawSock(c).(*rawSock)
+	w, ok := Wrap(c).(*wrapped)
 	if !ok {
 		t.Fatal("a TCP connection was not wrapped")
 	}
-	t.Cleanup(func() { rs.Close(); other.Close() })
-	return rs, other
+	t.Cleanup(func() { w.Close(); other.Close() })
+	return w, other
 }
 
-// TestRawSock checks that rawSock reads and writes as net's TCPConn does:
-// data both ways, a write larger than the socket buffers that must wait
-// for the reader, end of stream, deadlines, a closed connection and a
-// reset peer, with errors worded and typed as net's.
-func TestRawSock(t *testing.T) {
+// TestRawIO checks that both kinds of connection read and write as net's
+// TCPConn does: data both ways, a write larger than the socket buffers
+// that must wait for the reader, end of stream, deadlines, a closed
+// connection and a reset peer, with errors worded and typed as net's.
+func TestRawIO(t *testing.T) {
+	for _, kind := range []string{"Conn", "wrapped"} {
+		t.Run(kind, func(t *testing.T) { testRawIO(t, kind) })
+	}
+}
+
+func testRawIO(t *testing.T, kind string) {
+	rawPair := func(t *testing.T) (net.Conn, net.Conn) { return ioPair(t, kind) }
 	t.Run("echo", func(t *testing.T) {
 		rs, other := rawPair(t)
 		rs.SetDeadline(time.Now().Add(10 * time.Second))
@@ -123,7 +132,7 @@ func TestRawSock(t *testing.T) {
 		if err == nil {
 			_, err = rs.Write(make([]byte, 1<<20))
 		}
-		if !isReset(err) && !errors.Is(err, syscall.EPIPE) {
+		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
 			t.Fatalf("Write to a reset peer: %v, want a reset or broken pipe", err)
 		}
 		if !strings.HasPrefix(err.Error(), "write tcp ") {
@@ -132,17 +141,22 @@ func TestRawSock(t *testing.T) {
 	})
 }
 
-// TestRawSockOnlyTCP checks what is and is not wrapped, and that
-// underlying gives back net's own connection.
-func TestRawSockOnlyTCP(t *testing.T) {
+
+// TestWrapOnlyTCP checks what is and is not wrapped, and that Unwrap gives
+// back net's own connection.
+func TestWrapOnlyTCP(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if newRawSock(a) != a {
+	if Wrap(a) != a {
 		t.Error("a pipe was wrapped")
 	}
-	rs, _ := rawPair(t)
-	if _, ok := underlying(rs).(*net.TCPConn); !ok {
-		t.Errorf("underlying gave %T, want *net.TCPConn", underlying(rs))
+	w, _ := ioPair(t, "wrapped")
+	if _, ok := Unwrap(w).(*net.TCPConn); !ok {
+		t.Errorf("Unwrap gave %T, want *net.TCPConn", Unwrap(w))
+	}
+	c, _ := ioPair(t, "Conn")
+	if Unwrap(c) != c || Wrap(c) != c {
+		t.Error("a rawtcp Conn was wrapped or unwrapped")
 	}
 }
