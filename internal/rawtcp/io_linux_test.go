@@ -141,7 +141,6 @@ func testRawIO(t *testing.T, kind string) {
 	})
 }
 
-
 // TestWrapOnlyTCP checks what is and is not wrapped, and that Unwrap gives
 // back net's own connection.
 func TestWrapOnlyTCP(t *testing.T) {

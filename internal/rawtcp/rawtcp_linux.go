@@ -207,7 +207,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 	c.waiting.Add(1)
 	n, err := rawRead(c.rc, c, p)
 	c.waiting.Add(-1)
-	if err != nil && err != io.EOF {
+	// A read that met the shutdown of a concurrent Close saw the end of
+	// the stream: it reports the Close, as net's would.
+	if err != nil && (err != io.EOF || c.closed.Load()) {
 		err = c.opError("read", err)
 	}
 	return n, err

@@ -379,6 +379,7 @@ func TestListenerClose(t *testing.T) {
 func TestDescriptorsReleased(t *testing.T) {
 	l := listen(t, "127.0.0.1:0")
 	reap()
+	placeholder() // opened once, for good
 	before := openFds(t)
 	addr := l.Addr().(*net.TCPAddr).AddrPort()
 	for range 50 {
@@ -430,4 +431,51 @@ func openFds(t *testing.T) int {
 		t.Skip(err)
 	}
 	return len(ents)
+}
+
+// TestCloseRacesCalls closes connections while other goroutines start to
+// read and write on them, at every moment relative to Close: each call
+// must end (with net.ErrClosed, or with what it read or wrote), none may
+// wait on, and every descriptor must be released.
+func TestCloseRacesCalls(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	time.Sleep(2 * reapDelay)
+	reap()
+	placeholder() // opened once, for good
+	before := openFds(t)
+	big := make([]byte, 8<<20)
+	for i := range 200 {
+		c, client := pair(t, l, false)
+		done := make(chan error, 2)
+		go func() { _, err := c.Read(make([]byte, 8)); done <- err }()
+		go func() {
+			// Fill the socket so that the write waits.
+			_, err := c.Write(big)
+			done <- err
+		}()
+		// Close at varying points: before, during or after the calls
+		// start waiting.
+		for range i % 7 {
+			runtime.Gosched()
+		}
+		c.Close()
+		for range 2 {
+			select {
+			case err := <-done:
+				if err != nil && !errors.Is(err, net.ErrClosed) {
+					t.Fatalf("round %d: call ended with %v, want net.ErrClosed", i, err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("round %d: a call still waits after Close", i)
+			}
+		}
+		client.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for openFds(t) > before && time.Now().Before(deadline) {
+		time.Sleep(reapDelay)
+	}
+	if n := openFds(t); n > before {
+		t.Fatalf("%d descriptors open after the batches, %d before", n, before)
+	}
 }
