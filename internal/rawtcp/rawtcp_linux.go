@@ -154,41 +154,23 @@ func (o *op) doSend(fd uintptr) bool {
 	return true
 }
 
-// rawRead reads once into p through rc, with a raw recvfrom, waiting on
-// the netpoller as net's own Read does; c, when not nil, is the Conn whose
-// Close ends the wait. It returns what net.Conn's Read would, with errors
-// unworded (see opError).
-func rawRead(rc syscall.RawConn, c *Conn, p []byte) (int, error) {
+// rawIO makes one raw recvfrom into p, or writes all of p with raw sendto
+// calls, through rc, waiting on the netpoller as net's own Read and Write
+// do; c, when not nil, is the Conn whose Close ends the wait. It returns
+// what net.Conn's Read or Write would, with errors unworded (see opError).
+func rawIO(rc syscall.RawConn, c *Conn, p []byte, write bool) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	o := getOp(c)
 	o.buf = p
-	err := rc.Read(o.recv)
-	n, errno, closed := o.n, o.errno, o.closed
-	putOp(o)
-	switch {
-	case closed:
-		return 0, net.ErrClosed
-	case err != nil:
-		return 0, err
-	case errno != 0:
-		return 0, os.NewSyscallError("read", errno)
-	case n == 0:
-		return 0, io.EOF
+	var err error
+	call := "read"
+	if write {
+		err, call = rc.Write(o.send), "write"
+	} else {
+		err = rc.Read(o.recv)
 	}
-	return n, nil
-}
-
-// rawWrite writes all of p through rc with raw sendto calls, as rawRead
-// reads.
-func rawWrite(rc syscall.RawConn, c *Conn, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	o := getOp(c)
-	o.buf = p
-	err := rc.Write(o.send)
 	n, errno, closed := o.n, o.errno, o.closed
 	putOp(o)
 	switch {
@@ -197,7 +179,9 @@ func rawWrite(rc syscall.RawConn, c *Conn, p []byte) (int, error) {
 	case err != nil:
 		return n, err
 	case errno != 0:
-		return n, os.NewSyscallError("write", errno)
+		return n, os.NewSyscallError(call, errno)
+	case n == 0 && !write:
+		return 0, io.EOF
 	}
 	return n, nil
 }
@@ -205,7 +189,7 @@ func rawWrite(rc syscall.RawConn, c *Conn, p []byte) (int, error) {
 // Read reads once into p, as net.Conn's Read does.
 func (c *Conn) Read(p []byte) (int, error) {
 	c.waiting.Add(1)
-	n, err := rawRead(c.rc, c, p)
+	n, err := rawIO(c.rc, c, p, false)
 	c.waiting.Add(-1)
 	// A read that met the shutdown of a concurrent Close saw the end of
 	// the stream: it reports the Close, as net's would.
@@ -218,7 +202,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 // Write writes all of p unless an error (a deadline) stops it.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.waiting.Add(1)
-	n, err := rawWrite(c.rc, c, p)
+	n, err := rawIO(c.rc, c, p, true)
 	c.waiting.Add(-1)
 	if err != nil {
 		err = c.opError("write", err)

@@ -41,7 +41,7 @@ func Unwrap(c net.Conn) net.Conn {
 }
 
 func (w *wrapped) Read(p []byte) (int, error) {
-	n, err := rawRead(w.rc, nil, p)
+	n, err := rawIO(w.rc, nil, p, false)
 	if err != nil && err != io.EOF {
 		err = opError("read", w.LocalAddr(), w.RemoteAddr(), err)
 	}
@@ -49,7 +49,7 @@ func (w *wrapped) Read(p []byte) (int, error) {
 }
 
 func (w *wrapped) Write(p []byte) (int, error) {
-	n, err := rawWrite(w.rc, nil, p)
+	n, err := rawIO(w.rc, nil, p, true)
 	if err != nil {
 		err = opError("write", w.LocalAddr(), w.RemoteAddr(), err)
 	}
