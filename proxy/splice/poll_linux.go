@@ -401,6 +401,7 @@ func (p *poller) wait() {
 	var events [128]syscall.EpollEvent
 	ready := make([]watch, 0, len(events))
 	var buf *[]byte // the inline directions' read buffer, while this goroutine runs
+	rd := newRawIO() // and the state of their reads
 	defer func() {
 		if buf != nil {
 			bufPool.Put(buf)
@@ -466,12 +467,18 @@ func (p *poller) wait() {
 			}
 		}
 		p.mu.Unlock()
+		// One clock reading for the batch: what it dates (activity, for
+		// idle timeouts) needs no finer grain than a batch takes.
+		var now time.Time
+		if len(ready) > 0 {
+			now = time.Now()
+		}
 		for i, w := range ready {
 			if w.inline {
 				if buf == nil {
 					buf = bufPool.Get().(*[]byte)
 				}
-				if w.s.serve(w.d, *buf, w.hup) {
+				if w.s.serve(w.d, *buf, w.hup, now, rd) {
 					p.requeue(w)
 				}
 			} else {
@@ -703,7 +710,10 @@ func (s *Session) unwatch(d *dir) {
 // ends. serve stops early when d's destination has bytes pending (d then
 // waits for them; see waitDst) and after maxTurns full buffers, reporting
 // that d should be served again after the others.
-func (s *Session) serve(d *dir, buf []byte, hup bool) (again bool) {
+func (s *Session) serve(d *dir, buf []byte, hup bool, now time.Time, rd *rawIO) (again bool) {
+	if s.lim != nil {
+		now = time.Now() // a rate limit wants the time of each read
+	}
 	// A hang-up is remembered even when the report is not acted on now:
 	// the serve that follows a wait or the start reads to the end.
 	d.hup = d.hup || hup
@@ -724,17 +734,20 @@ func (s *Session) serve(d *dir, buf []byte, hup bool) (again bool) {
 	}
 	if len(d.pre) > 0 {
 		d.bytes.Add(int64(len(d.pre)))
-		s.feed(d, d.pre, time.Now())
+		s.feed(d, d.pre, now)
 		d.pre = nil
 		if s.waitDst(d) {
 			return false
 		}
 	}
 	for turn := 1; ; turn++ {
-		n, err := d.readNow(buf)
+		n, err := d.readNow(buf, rd)
 		if n > 0 {
 			d.bytes.Add(int64(n))
-			s.feed(d, buf[:n], time.Now())
+			if s.lim != nil && turn > 1 {
+				now = time.Now()
+			}
+			s.feed(d, buf[:n], now)
 		}
 		if err != nil && err != errWouldBlock {
 			s.sourceDone(d, err)

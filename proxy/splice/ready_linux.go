@@ -110,11 +110,14 @@ type rawIO struct {
 	wr  func(fd uintptr) // write
 }
 
-var rawIOPool = sync.Pool{New: func() any {
+var rawIOPool = sync.Pool{New: func() any { return newRawIO() }}
+
+// newRawIO returns a rawIO with its callbacks bound.
+func newRawIO() *rawIO {
 	op := new(rawIO)
 	op.rd, op.wr = op.read, op.write
 	return op
-}}
+}
 
 // read reads fd into op.buf once.
 func (op *rawIO) read(fd uintptr) {
@@ -141,15 +144,14 @@ func (op *rawIO) write(fd uintptr) {
 	}
 }
 
-// readNow reads what d's source socket holds into buf without waiting. The
-// system call is a raw one: it cannot block, so the scheduler need not know.
-func (d *dir) readNow(buf []byte) (n int, err error) {
-	op := rawIOPool.Get().(*rawIO)
+// readNow reads what d's source socket holds into buf without waiting,
+// with op: the calling poller goroutine's own. The system call is a raw
+// one: it cannot block, so the scheduler need not know.
+func (d *dir) readNow(buf []byte, op *rawIO) (n int, err error) {
 	op.buf = buf
 	cerr := d.src.raw.Control(op.rd)
 	n, err = op.n, op.err
-	*op = rawIO{rd: op.rd, wr: op.wr}
-	rawIOPool.Put(op)
+	op.buf, op.n, op.err = nil, 0, nil
 	switch {
 	case cerr != nil:
 		return 0, cerr

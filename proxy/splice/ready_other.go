@@ -22,7 +22,10 @@ const canInline = false
 
 var errWouldBlock = errors.New("would block")
 
-func (d *dir) readNow([]byte) (int, error) { return 0, errWouldBlock }
+// rawIO is the Linux read state; elsewhere there are no inline reads.
+type rawIO struct{}
+
+func (d *dir) readNow([]byte, *rawIO) (int, error) { return 0, errWouldBlock }
 
 func (p *peer) writeNow([]byte) (int, error) { return 0, errWouldBlock }
 
