@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command backend is the upstream of the sluice benchmark (bench/run.sh): a
 // REST endpoint with a small and a 1 MiB answer, and a WebSocket echo. It is
 // the same process for the direct, nginx and sluice measurements, so the

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command profsluice is sluice's `run` with profiling, for the benchmark
 // (bench/run.sh PROFILE=1): it serves a configuration exactly as `sluice run`
 // does, through the same server package, while writing a CPU profile, and

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command wsload is the WebSocket load generator of the sluice benchmark
 // (bench/run.sh). It speaks to bench/backend's echo, directly or through a
 // proxy, in one of three modes, and prints one line of key=value results:

@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -101,26 +100,6 @@ func tcpPair(tb testing.TB) (a, b net.Conn) {
 		tb.Fatal(err)
 	}
 	return a, b
-}
-
-// unixPair connects two ends with a socketpair: no ports, so fit for the
-// fuzzer's thousands of sessions, and the same readiness path as TCP.
-func unixPair(tb testing.TB) (a, b net.Conn) {
-	tb.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	conn := func(fd int) net.Conn {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		return c
-	}
-	return conn(fds[0]), conn(fds[1])
 }
 
 // pipePair connects two ends with net.Pipe: every Write arrives as a Read of

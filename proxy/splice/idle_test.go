@@ -14,7 +14,6 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -61,15 +60,6 @@ func idlePeer() {
 		}
 		conns = append(conns, c)
 	}
-}
-
-func raiseFileLimit() (cur uint64) {
-	var l syscall.Rlimit
-	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l)
-	l.Cur = l.Max
-	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
-	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l)
-	return l.Cur
 }
 
 // startPeer starts a peer process and returns its address.

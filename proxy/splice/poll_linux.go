@@ -400,7 +400,7 @@ func lingerFor() time.Duration {
 func (p *poller) wait() {
 	var events [128]syscall.EpollEvent
 	ready := make([]watch, 0, len(events))
-	var buf *[]byte // the inline directions' read buffer, while this goroutine runs
+	var buf *[]byte  // the inline directions' read buffer, while this goroutine runs
 	rd := newRawIO() // and the state of their reads
 	defer func() {
 		if buf != nil {
