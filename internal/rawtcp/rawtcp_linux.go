@@ -466,9 +466,9 @@ func (l *Listener) Addr() net.Addr { return l.addr }
 // SyscallConn gives raw access to the listening socket.
 func (l *Listener) SyscallConn() (syscall.RawConn, error) { return l.rc, nil }
 
-// Keepalive settings applied by Dial (SetKeepAlive), as for client
-// connections: probes after idle seconds of silence, every interval
-// seconds, count of them.
+// Keepalive is the TCP keepalive Dial sets on a connection: probes start
+// after Idle seconds of silence and come every Interval seconds; Count
+// unanswered ones end the connection. The zero value leaves keepalive off.
 type Keepalive struct{ Idle, Interval, Count int }
 
 // Dial connects to addr, waiting for timeout at most (0: no limit of its
