@@ -264,17 +264,32 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// placeholderFd is /dev/null, opened once, that closed sockets' numbers
-// point at until their batch: -1 if it could not be opened.
-var placeholderFd = sync.OnceValue(func() int {
+// placeholderFd is /dev/null, opened once for good, that closed sockets'
+// numbers point at until their batch. Listen opens it, while descriptors
+// are plentiful; if that failed, each Close tries again.
+var placeholderFd struct {
+	mu  sync.Mutex
+	fd1 atomic.Int32 // the descriptor + 1; 0 while not open
+}
+
+// placeholder returns the placeholder's descriptor, or -1 if it cannot be
+// opened (out of descriptors): Close then shuts sockets down instead.
+func placeholder() int {
+	if fd1 := placeholderFd.fd1.Load(); fd1 > 0 {
+		return int(fd1) - 1
+	}
+	placeholderFd.mu.Lock()
+	defer placeholderFd.mu.Unlock()
+	if fd1 := placeholderFd.fd1.Load(); fd1 > 0 {
+		return int(fd1) - 1
+	}
 	fd, err := syscall.Open("/dev/null", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return -1
 	}
+	placeholderFd.fd1.Store(int32(fd) + 1)
 	return fd
-})
-
-func placeholder() int { return placeholderFd() }
+}
 
 // replaceFd makes fd a duplicate of the placeholder, releasing the socket.
 func replaceFd(fd uintptr) syscall.Errno {
@@ -400,6 +415,7 @@ func Listen(ln *net.TCPListener) (*Listener, error) {
 	}
 	l := &Listener{f: f, rc: rc, addr: addr}
 	l.accept = l.doAccept
+	placeholder() // for Close, while descriptors are plentiful
 	return l, nil
 }
 
