@@ -14,8 +14,8 @@
 //
 // Sockets join Go's netpoller as os.File values (os.NewFile registers a
 // non-blocking descriptor with raw calls) and are read and written with
-// raw recvfrom and sendto through their syscall.RawConn, as proxy's rawSock
-// does for net's connections. The one ordinary call left is os.File's
+// raw recvfrom and sendto through their syscall.RawConn, as Wrap makes
+// net's own connections do. The one ordinary call left is os.File's
 // close: Close releases the socket at once with a raw call and leaves only
 // the descriptor number to be closed, in batches (see Conn.Close and reap).
 package rawtcp
