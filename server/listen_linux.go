@@ -2,6 +2,7 @@ package server
 
 import (
 	"net"
+	"os"
 	"syscall"
 
 	"github.com/sluice-proxy/sluice/internal/rawtcp"
@@ -25,24 +26,13 @@ func rawListener(ln net.Listener) (net.Listener, error) {
 var listenConfig = net.ListenConfig{KeepAlive: -1, Control: setListenerKeepAlive}
 
 func setListenerKeepAlive(network, address string, rc syscall.RawConn) error {
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		for _, o := range []struct{ level, opt, v int }{
-			{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
-			{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, keepAliveIdle},
-			{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, keepAliveInterval},
-			{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, keepAliveCount},
-		} {
-			if serr = syscall.SetsockoptInt(int(fd), o.level, o.opt, o.v); serr != nil {
-				return
-			}
-		}
-	})
-	if err != nil {
+	ka := rawtcp.Keepalive{Idle: keepAliveIdle, Interval: keepAliveInterval, Count: keepAliveCount}
+	var e syscall.Errno
+	if err := rc.Control(func(fd uintptr) { e = rawtcp.SetKeepalive(fd, ka) }); err != nil {
 		return err
 	}
-	if serr != nil {
-		return &net.OpError{Op: "setsockopt", Net: network, Err: serr}
+	if e != 0 {
+		return &net.OpError{Op: "setsockopt", Net: network, Err: os.NewSyscallError("setsockopt", e)}
 	}
 	return nil
 }

@@ -528,7 +528,7 @@ func Dial(ctx context.Context, addr netip.AddrPort, timeout time.Duration, ka Ke
 	fd := uintptr(r)
 	e = setInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
 	if e == 0 && ka != (Keepalive{}) {
-		e = setKeepalive(fd, ka)
+		e = SetKeepalive(fd, ka)
 	}
 	if e != 0 {
 		closeFd(int(fd))
@@ -641,8 +641,9 @@ func getInt(fd uintptr, level, opt int) (int, syscall.Errno) {
 	return int(val), e
 }
 
-// setKeepalive turns keepalive on with ka's timing.
-func setKeepalive(fd uintptr, ka Keepalive) syscall.Errno {
+// SetKeepalive turns keepalive on for socket fd with ka's timing (a
+// listening socket passes it on to the sockets it accepts).
+func SetKeepalive(fd uintptr, ka Keepalive) syscall.Errno {
 	for _, o := range [...]struct{ level, opt, v int }{
 		{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, ka.Idle},

@@ -18,24 +18,21 @@ import (
 // EAGAIN when fd has nothing to read, and n == 0 with errno 0 at the end
 // of the stream.
 func Recv(fd uintptr, b []byte) (n int, errno syscall.Errno) {
-	for {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), 0, 0, 0)
-		switch e {
-		case 0:
-			return int(r), 0
-		case syscall.EINTR:
-		default:
-			return 0, e
-		}
-	}
+	return transfer(syscall.SYS_RECVFROM, fd, b, 0)
 }
 
 // Send writes once from b, which must not be empty, to fd. It returns
 // EAGAIN when fd takes nothing now. MSG_NOSIGNAL: a peer that is gone
 // gives EPIPE, not SIGPIPE.
 func Send(fd uintptr, b []byte) (n int, errno syscall.Errno) {
+	return transfer(syscall.SYS_SENDTO, fd, b, syscall.MSG_NOSIGNAL)
+}
+
+// transfer makes one recvfrom or sendto (trap) of b on fd with flags,
+// retried on EINTR.
+func transfer(trap, fd uintptr, b []byte, flags uintptr) (int, syscall.Errno) {
 	for {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), syscall.MSG_NOSIGNAL, 0, 0)
+		r, _, e := syscall.RawSyscall6(trap, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), flags, 0, 0)
 		switch e {
 		case 0:
 			return int(r), 0
