@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -127,65 +126,11 @@ func codeLabel(code int) string {
 	return strconv.Itoa(code)
 }
 
-// Request counts one answered HTTP request.
-func (m *Metrics) Request(route string, code int, d time.Duration) {
-	if m == nil {
-		return
-	}
-	m.requests.WithLabelValues(route, codeLabel(code)).Inc()
-	m.duration.WithLabelValues(route).Observe(d.Seconds())
-}
-
-// SessionStarted counts a WebSocket session that began on route.
-func (m *Metrics) SessionStarted(route string) {
-	if m == nil {
-		return
-	}
-	m.wsTotal.WithLabelValues(route).Inc()
-	m.wsActive.WithLabelValues(route).Inc()
-}
-
 // Session is what a WebSocket session reports when it ends; its traffic
-// goes through SessionTraffic.
+// goes through Route.SessionTraffic.
 type Session struct {
 	Reason    string // "" for a close handshake
 	LimitHits int64
-}
-
-// SessionTraffic adds what a WebSocket session on route carried since its
-// previous report (in: client to backend).
-func (m *Metrics) SessionTraffic(route string, framesIn, framesOut, bytesIn, bytesOut int64) {
-	if m == nil || framesIn|framesOut|bytesIn|bytesOut == 0 {
-		return
-	}
-	m.wsFrames.WithLabelValues(route, "in").Add(float64(framesIn))
-	m.wsFrames.WithLabelValues(route, "out").Add(float64(framesOut))
-	m.wsBytes.WithLabelValues(route, "in").Add(float64(bytesIn))
-	m.wsBytes.WithLabelValues(route, "out").Add(float64(bytesOut))
-}
-
-// SessionEnded counts a WebSocket session that ended on route.
-func (m *Metrics) SessionEnded(route string, s Session) {
-	if m == nil {
-		return
-	}
-	m.wsActive.WithLabelValues(route).Dec()
-	reason := s.Reason
-	if reason == "" {
-		reason = "close"
-	}
-	m.wsCloses.WithLabelValues(route, reason).Inc()
-	if s.LimitHits > 0 {
-		m.rateLimited.WithLabelValues(route, "websocket").Add(float64(s.LimitHits))
-	}
-}
-
-// RateLimited counts an HTTP request refused with 429.
-func (m *Metrics) RateLimited(route string) {
-	if m == nil {
-		return
-	}
-	m.rateLimited.WithLabelValues(route, "http").Inc()
 }
 
 // DialFailed counts a failed connection to upstream.

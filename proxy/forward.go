@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"github.com/sluice-proxy/sluice/config"
+	"github.com/sluice-proxy/sluice/metrics"
 	"github.com/sluice-proxy/sluice/proxy/h1"
 	"github.com/sluice-proxy/sluice/ratelimit"
 )
@@ -27,6 +28,7 @@ type Route struct {
 	bal     *balancer
 	ws      *wsRoute         // connection counters, shared with the same-named route of later configs
 	limiter *ratelimit.Keyed // per-client request limit; nil = none
+	met     *metrics.Route   // its counters; nil = none
 
 	// For the HTTP/1 path (conn.go): the pooled transport when every
 	// upstream is plain http (nil: the request goes through ReverseProxy),
@@ -66,7 +68,8 @@ func headerLists(rules config.HeaderOps) (set []headerKV, drop []string) {
 func (r *Route) Name() string { return r.cfg.Name }
 
 func newRoute(cfg *config.Route, sh *shared, errLog *slog.Logger) *Route {
-	r := &Route{cfg: cfg, ws: sh.wsRoute(cfg.Name), limiter: sh.limiter(cfg.Name, cfg.RateLimit)}
+	r := &Route{cfg: cfg, ws: sh.wsRoute(cfg.Name), limiter: sh.limiter(cfg.Name, cfg.RateLimit),
+		met: sh.metrics.Route(cfg.Name)}
 	ups := make([]*upstream, len(cfg.Upstreams))
 	for i, u := range cfg.Upstreams {
 		ups[i] = sh.upstream(u)

@@ -44,7 +44,7 @@ type Options struct {
 // New.
 type Handler struct {
 	log      *slog.Logger
-	metrics  *metrics.Metrics
+	unrouted *metrics.Route              // counts requests that matched no route, as route "none"
 	access   atomic.Pointer[slog.Logger] // nil = access log off
 	table    atomic.Pointer[table]
 	shared   *shared
@@ -117,8 +117,8 @@ func New(cfg *config.Config, opts Options) *Handler {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	h := &Handler{
-		log:     opts.Logger,
-		metrics: opts.Metrics,
+		log:      opts.Logger,
+		unrouted: opts.Metrics.Route("none"),
 		shared: &shared{
 			upstreams: map[string]*upstream{},
 			wsRoutes:  map[string]*wsRoute{},
@@ -228,11 +228,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // finish counts the request and writes its access-log record.
 func (h *Handler) finish(x *exchange) {
 	if !x.websocket {
-		name := "none"
+		met := h.unrouted
 		if x.route != nil {
-			name = x.route.cfg.Name
+			met = x.route.met
 		}
-		h.metrics.Request(name, x.rec.status, now().Sub(x.start))
+		met.Request(x.rec.status, now().Sub(x.start))
 	}
 	h.logRequest(x)
 }
@@ -262,7 +262,7 @@ func (h *Handler) overLimit(x *exchange) (retryAfter string, over bool) {
 		return "", false
 	}
 	x.info.reason = "rate_limited"
-	h.metrics.RateLimited(x.route.cfg.Name)
+	x.route.met.RateLimited()
 	return strconv.Itoa(int(retry / time.Second)), true
 }
 

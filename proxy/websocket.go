@@ -321,7 +321,7 @@ func (h *Handler) splice(x *exchange, r *http.Request, ip string, backend net.Co
 		method: r.Method, host: r.Host, path: r.URL.Path,
 	}
 	h.sessions.attach(sess, rec)
-	h.metrics.SessionStarted(x.route.cfg.Name)
+	x.route.met.SessionStarted()
 	started = true
 	h.launch(sess, rec)
 	return true
@@ -370,7 +370,7 @@ func (h *Handler) reportTraffic(rec *sessionRecord, framesIn, framesOut, bytesIn
 		d[i] = max(now[i]-rec.reported[i], 0)
 	}
 	rec.reported = now
-	h.metrics.SessionTraffic(rec.route.cfg.Name, d[0], d[1], d[2], d[3])
+	rec.route.met.SessionTraffic(d[0], d[1], d[2], d[3])
 }
 
 // flushSessionCounts brings the metrics up to date with the traffic of the
@@ -392,7 +392,7 @@ func (h *Handler) sessionEnded(sess *splice.Session, rec *sessionRecord, st *spl
 	h.sessions.mu.Lock()
 	h.reportTraffic(rec, st.FramesIn, st.FramesOut, st.BytesIn, st.BytesOut)
 	h.sessions.mu.Unlock()
-	h.metrics.SessionEnded(rec.route.cfg.Name, metrics.Session{Reason: st.Reason, LimitHits: st.LimitHits})
+	rec.route.met.SessionEnded(metrics.Session{Reason: st.Reason, LimitHits: st.LimitHits})
 	// Log before deregistering: shutdown waits for the registry to empty
 	// and then closes the access log.
 	if access := h.access.Load(); access != nil {

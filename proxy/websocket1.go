@@ -120,7 +120,7 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 	}
 	rec.host, rec.path = strings.Clone(rec.host), strings.Clone(rec.path)
 	h.sessions.attach(sess, rec)
-	h.metrics.SessionStarted(x.route.cfg.Name)
+	x.route.met.SessionStarted()
 	handedOff = true
 	h.launch(sess, rec)
 	return false
