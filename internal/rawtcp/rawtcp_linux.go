@@ -47,6 +47,81 @@ type Conn struct {
 	// waiting counts calls that may wait on the netpoller (Read, Write,
 	// and RawConn's Read and Write): Close must wake them (see Close).
 	waiting atomic.Int32
+	rd, wd  deadline
+}
+
+// deadline is the read or the write deadline of a Conn. It is kept here
+// and handed to the os.File only when a call is about to wait, because
+// changing the file's deadline moves a runtime timer (a lock and a heap
+// update), and most calls never wait: a request read finds its bytes
+// there, a write goes at once. An HTTP exchange that sets and clears
+// deadlines around each call would otherwise move timers several times
+// for nothing. A deadline the file was given and the user has since
+// changed is handed over before the next call, so that the file never
+// fails a call on a deadline the user no longer has.
+type deadline struct {
+	at      atomic.Int64 // the user's deadline (see monoOf); 0: none
+	given   atomic.Int64 // what the file has; changed with mu held
+	waiting atomic.Int32 // calls that may wait with this deadline
+	mu      sync.Mutex
+}
+
+// epoch is the origin of deadline values. It carries a monotonic clock
+// reading, so that deadlines compare (and reach the file) as net's own do.
+var epoch = time.Now()
+
+// monoOf turns t into a deadline value: 0 for none, else at least 1.
+func monoOf(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return max(int64(t.Sub(epoch)), 1)
+}
+
+// passed reports whether d is set and due.
+func (d *deadline) passed() bool {
+	v := d.at.Load()
+	return v != 0 && int64(time.Since(epoch)) >= v
+}
+
+// set records t as the deadline, and hands it to the file at once if a
+// call may be waiting with the one before.
+func (c *Conn) set(d *deadline, t time.Time) {
+	d.at.Store(monoOf(t))
+	if d.waiting.Load() > 0 {
+		c.give(d)
+	}
+}
+
+// give hands d to the file, if the file has another deadline. Callers
+// that may wait count themselves in d.waiting before they call it, and set
+// calls it after storing the deadline, so that whichever runs last gives
+// the latest deadline.
+func (c *Conn) give(d *deadline) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v := d.at.Load()
+	if v == d.given.Load() {
+		return
+	}
+	d.given.Store(v)
+	t := time.Time{}
+	if v != 0 {
+		t = epoch.Add(time.Duration(v))
+	}
+	if d == &c.wd {
+		c.f.SetWriteDeadline(t)
+	} else {
+		c.f.SetReadDeadline(t)
+	}
+}
+
+// stale reports whether the file has a deadline the user has since
+// changed: it must be given the new one before a call goes through the
+// netpoller, which would otherwise fail the call on the old one.
+func (d *deadline) stale() bool {
+	g := d.given.Load()
+	return g != 0 && g != d.at.Load()
 }
 
 func newConn(fd int, raddr *net.TCPAddr) (*Conn, error) {
@@ -67,16 +142,28 @@ type rawConn struct{ c *Conn }
 
 func (r *rawConn) Control(f func(fd uintptr)) error { return r.c.rc.Control(f) }
 
+// Read and Write cannot tell whether f will wait, so they give the file
+// its deadline first.
 func (r *rawConn) Read(f func(fd uintptr) bool) error {
-	r.c.waiting.Add(1)
-	defer r.c.waiting.Add(-1)
-	return r.c.rc.Read(f)
+	c := r.c
+	c.waiting.Add(1)
+	c.rd.waiting.Add(1)
+	c.give(&c.rd)
+	err := c.rc.Read(f)
+	c.rd.waiting.Add(-1)
+	c.waiting.Add(-1)
+	return err
 }
 
 func (r *rawConn) Write(f func(fd uintptr) bool) error {
-	r.c.waiting.Add(1)
-	defer r.c.waiting.Add(-1)
-	return r.c.rc.Write(f)
+	c := r.c
+	c.waiting.Add(1)
+	c.wd.waiting.Add(1)
+	c.give(&c.wd)
+	err := c.rc.Write(f)
+	c.wd.waiting.Add(-1)
+	c.waiting.Add(-1)
+	return err
 }
 
 // op is the state of one raw read or write. Its callbacks are bound once
@@ -84,6 +171,7 @@ func (r *rawConn) Write(f func(fd uintptr) bool) error {
 // concurrent calls on one connection do not share state.
 type op struct {
 	c          *Conn
+	dl         *deadline // c's, for a Read or Write: given to the file before a wait
 	buf        []byte
 	n          int
 	errno      syscall.Errno
@@ -126,6 +214,7 @@ func (o *op) doRecv(fd uintptr) bool {
 	n, e := sockio.Recv(fd, o.buf)
 	switch e {
 	case syscall.EAGAIN:
+		o.beforeWait()
 		return false
 	case 0:
 		o.n = n
@@ -143,6 +232,7 @@ func (o *op) doSend(fd uintptr) bool {
 		n, e := sockio.Send(fd, o.buf[o.n:])
 		switch e {
 		case syscall.EAGAIN:
+			o.beforeWait()
 			return false
 		case 0:
 			o.n += n
@@ -152,6 +242,14 @@ func (o *op) doSend(fd uintptr) bool {
 		}
 	}
 	return true
+}
+
+// beforeWait gives the file the call's deadline: the callback is about to
+// report that the call must wait.
+func (o *op) beforeWait() {
+	if o.dl != nil {
+		o.c.give(o.dl)
+	}
 }
 
 // rawIO makes one raw recvfrom into p, or writes all of p with raw sendto
@@ -164,12 +262,30 @@ func rawIO(rc syscall.RawConn, c *Conn, p []byte, write bool) (int, error) {
 	}
 	o := getOp(c)
 	o.buf = p
+	if c != nil {
+		// c's deadlines are its own (see deadline).
+		o.dl = &c.rd
+		if write {
+			o.dl = &c.wd
+		}
+		if o.dl.passed() {
+			putOp(o)
+			return 0, os.ErrDeadlineExceeded
+		}
+		o.dl.waiting.Add(1)
+		if o.dl.stale() {
+			c.give(o.dl)
+		}
+	}
 	var err error
 	call := "read"
 	if write {
 		err, call = rc.Write(o.send), "write"
 	} else {
 		err = rc.Read(o.recv)
+	}
+	if o.dl != nil {
+		o.dl.waiting.Add(-1)
 	}
 	n, errno, closed := o.n, o.errno, o.closed
 	putOp(o)
@@ -337,9 +453,16 @@ func (c *Conn) LocalAddr() net.Addr {
 // RemoteAddr returns the peer's address.
 func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
 
-func (c *Conn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }
-func (c *Conn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
-func (c *Conn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDeadline(t) }
+// SetDeadline, SetReadDeadline and SetWriteDeadline behave as net.Conn's;
+// the file gets the deadline only when a call waits (see deadline).
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.set(&c.rd, t)
+	c.set(&c.wd, t)
+	return nil
+}
+
+func (c *Conn) SetReadDeadline(t time.Time) error  { c.set(&c.rd, t); return nil }
+func (c *Conn) SetWriteDeadline(t time.Time) error { c.set(&c.wd, t); return nil }
 
 // SyscallConn gives raw access to the socket, for the splice's own polling.
 func (c *Conn) SyscallConn() (syscall.RawConn, error) { return &c.raw, nil }
@@ -568,18 +691,20 @@ func (c *Conn) awaitConnect(ctx context.Context, timeout time.Duration) error {
 	c.rc.Control(o.connectNow)
 	if !o.done {
 		if timeout > 0 {
-			c.f.SetWriteDeadline(time.Now().Add(timeout))
-			defer c.f.SetWriteDeadline(time.Time{})
+			c.SetWriteDeadline(time.Now().Add(timeout))
 		}
+		stop := func() bool { return true }
 		if ctx.Done() != nil {
-			stop := context.AfterFunc(ctx, func() { c.f.SetWriteDeadline(time.Unix(1, 0)) })
-			defer stop()
+			stop = context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Unix(1, 0)) })
 		}
-		err := c.rc.Write(o.connect)
-		switch {
-		case err != nil && ctx.Err() != nil:
+		err := c.raw.Write(o.connect)
+		if !stop() {
+			// Cancelled: the deadline may be set to the past at any
+			// moment now, so the connection is not handed on.
 			return ctx.Err()
-		case err != nil:
+		}
+		c.SetWriteDeadline(time.Time{})
+		if err != nil {
 			return err
 		}
 	}

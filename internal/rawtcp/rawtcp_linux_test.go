@@ -258,6 +258,145 @@ func TestDeadlines(t *testing.T) {
 	}
 }
 
+// TestLazyDeadlines covers what keeping deadlines off the file until a
+// call waits (see deadline) must not change: a passed deadline fails calls
+// even when bytes are there; a deadline the file was given and the user
+// then cleared or moved fails nothing; a deadline moved while a call waits
+// reaches that call, for reads, writes and the RawConn's waits.
+func TestLazyDeadlines(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	isTimeout := func(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+	// fill writes to c until its socket takes no more.
+	fill := func(c *Conn) {
+		c.SetWriteDeadline(time.Now().Add(-time.Second))
+		c.SetWriteDeadline(time.Time{})
+		chunk := make([]byte, 64<<10)
+		for {
+			c.SetWriteDeadline(time.Now().Add(20 * time.Millisecond))
+			if _, err := c.Write(chunk); err != nil {
+				if !isTimeout(err) {
+					t.Fatalf("filling the socket: %v", err)
+				}
+				return
+			}
+		}
+	}
+	cases := []struct {
+		name string
+		run  func(t *testing.T, c *Conn, peer net.Conn)
+	}{
+		{"passed deadline fails a read that has bytes", func(t *testing.T, c *Conn, peer net.Conn) {
+			peer.Write([]byte("x"))
+			time.Sleep(10 * time.Millisecond)
+			c.SetReadDeadline(time.Now().Add(-time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
+				t.Fatalf("read: %v, want a timeout", err)
+			}
+			c.SetReadDeadline(time.Time{})
+			if n, err := c.Read(make([]byte, 1)); n != 1 || err != nil {
+				t.Fatalf("read after clearing: %d, %v", n, err)
+			}
+		}},
+		{"fired deadline cleared while idle fails nothing", func(t *testing.T, c *Conn, peer net.Conn) {
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); !isTimeout(err) {
+				t.Fatalf("first read: %v, want a timeout", err)
+			}
+			c.SetReadDeadline(time.Time{})
+			go func() {
+				time.Sleep(50 * time.Millisecond)
+				peer.Write([]byte("y"))
+			}()
+			if n, err := c.Read(make([]byte, 1)); n != 1 || err != nil {
+				t.Fatalf("read that waits after clearing: %d, %v", n, err)
+			}
+		}},
+		{"given deadline moved later while idle", func(t *testing.T, c *Conn, peer net.Conn) {
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			c.Read(make([]byte, 1))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			go func() {
+				time.Sleep(50 * time.Millisecond)
+				peer.Write([]byte("z"))
+			}()
+			if n, err := c.Read(make([]byte, 1)); n != 1 || err != nil {
+				t.Fatalf("read under the later deadline: %d, %v", n, err)
+			}
+		}},
+		{"deadline moved earlier wakes a waiting read", func(t *testing.T, c *Conn, peer net.Conn) {
+			c.SetReadDeadline(time.Now().Add(time.Minute))
+			done := make(chan error, 1)
+			go func() {
+				_, err := c.Read(make([]byte, 1))
+				done <- err
+			}()
+			time.Sleep(30 * time.Millisecond)
+			c.SetReadDeadline(time.Unix(1, 0))
+			select {
+			case err := <-done:
+				if !isTimeout(err) {
+					t.Fatalf("read: %v, want a timeout", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("moving the deadline did not wake the read")
+			}
+		}},
+		{"deadline set while a read waits without one", func(t *testing.T, c *Conn, peer net.Conn) {
+			done := make(chan error, 1)
+			go func() {
+				_, err := c.Read(make([]byte, 1))
+				done <- err
+			}()
+			time.Sleep(30 * time.Millisecond)
+			c.SetDeadline(time.Now().Add(20 * time.Millisecond))
+			select {
+			case err := <-done:
+				if !isTimeout(err) {
+					t.Fatalf("read: %v, want a timeout", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the deadline did not reach the waiting read")
+			}
+		}},
+		{"write waits under its deadline, which can be cleared", func(t *testing.T, c *Conn, peer net.Conn) {
+			fill(c)
+			c.SetWriteDeadline(time.Now().Add(30 * time.Millisecond))
+			start := time.Now()
+			if _, err := c.Write(make([]byte, 1<<20)); !isTimeout(err) {
+				t.Fatalf("write to a full socket: %v, want a timeout", err)
+			}
+			if d := time.Since(start); d < 25*time.Millisecond {
+				t.Errorf("write deadline of 30ms fired after %v", d)
+			}
+			c.SetWriteDeadline(time.Time{})
+			go io.Copy(io.Discard, peer)
+			if _, err := c.Write(make([]byte, 1<<20)); err != nil {
+				t.Fatalf("write after clearing, peer reading: %v", err)
+			}
+		}},
+		{"RawConn wait gets the deadline", func(t *testing.T, c *Conn, peer net.Conn) {
+			rc, _ := c.SyscallConn()
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			err := rc.Read(func(uintptr) bool { return false })
+			if !isTimeout(err) {
+				t.Fatalf("RawConn.Read: %v, want a timeout", err)
+			}
+			c.SetReadDeadline(time.Time{})
+			peer.Write([]byte("w"))
+			calls := 0
+			if err := rc.Read(func(uintptr) bool { calls++; return calls > 1 }); err != nil {
+				t.Fatalf("RawConn.Read after clearing: %v", err)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, peer := pair(t, l, false)
+			tc.run(t, c, peer)
+		})
+	}
+}
+
 func TestDialErrors(t *testing.T) {
 	// A port nobody listens on: take one, then close it.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
