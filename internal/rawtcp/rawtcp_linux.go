@@ -40,7 +40,6 @@ import (
 type Conn struct {
 	f      *os.File
 	rc     syscall.RawConn
-	raw    rawConn // what SyscallConn hands out
 	raddr  *net.TCPAddr
 	laddr  atomic.Pointer[net.TCPAddr] // looked up on first use
 	closed atomic.Bool
@@ -48,6 +47,7 @@ type Conn struct {
 	// and RawConn's Read and Write): Close must wake them (see Close).
 	waiting atomic.Int32
 	rd, wd  deadline
+	dlMu    sync.Mutex // serializes handing deadlines to f
 }
 
 // deadline is the read or the write deadline of a Conn. It is kept here
@@ -59,11 +59,12 @@ type Conn struct {
 // for nothing. A deadline the file was given and the user has since
 // changed is handed over before the next call, so that the file never
 // fails a call on a deadline the user no longer has.
+//
+// A Conn's two deadlines and their mutex take 40 bytes, and an idle
+// WebSocket session holds two Conns: a deadline keeps only what it must.
 type deadline struct {
-	at      atomic.Int64 // the user's deadline (see monoOf); 0: none
-	given   atomic.Int64 // what the file has; changed with mu held
-	waiting atomic.Int32 // calls that may wait with this deadline
-	mu      sync.Mutex
+	at    atomic.Int64 // the user's deadline (see monoOf); 0: none
+	given atomic.Int64 // what the file has; changed with Conn.dlMu held
 }
 
 // epoch is the origin of deadline values. It carries a monotonic clock
@@ -88,18 +89,18 @@ func (d *deadline) passed() bool {
 // call may be waiting with the one before.
 func (c *Conn) set(d *deadline, t time.Time) {
 	d.at.Store(monoOf(t))
-	if d.waiting.Load() > 0 {
+	if c.waiting.Load() > 0 {
 		c.give(d)
 	}
 }
 
 // give hands d to the file, if the file has another deadline. Callers
-// that may wait count themselves in d.waiting before they call it, and set
+// that may wait count themselves in c.waiting before they call it, and set
 // calls it after storing the deadline, so that whichever runs last gives
 // the latest deadline.
 func (c *Conn) give(d *deadline) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
 	v := d.at.Load()
 	if v == d.given.Load() {
 		return
@@ -131,37 +132,32 @@ func newConn(fd int, raddr *net.TCPAddr) (*Conn, error) {
 		f.Close()
 		return nil, err
 	}
-	c := &Conn{f: f, rc: rc, raddr: raddr}
-	c.raw.c = c
-	return c, nil
+	return &Conn{f: f, rc: rc, raddr: raddr}, nil
 }
 
 // rawConn is the connection's syscall.RawConn, counting the calls that may
-// wait.
-type rawConn struct{ c *Conn }
+// wait. It is the Conn itself under another type, so that it costs no
+// field.
+type rawConn Conn
 
-func (r *rawConn) Control(f func(fd uintptr)) error { return r.c.rc.Control(f) }
+func (r *rawConn) Control(f func(fd uintptr)) error { return r.rc.Control(f) }
 
 // Read and Write cannot tell whether f will wait, so they give the file
 // its deadline first.
 func (r *rawConn) Read(f func(fd uintptr) bool) error {
-	c := r.c
+	c := (*Conn)(r)
 	c.waiting.Add(1)
-	c.rd.waiting.Add(1)
 	c.give(&c.rd)
 	err := c.rc.Read(f)
-	c.rd.waiting.Add(-1)
 	c.waiting.Add(-1)
 	return err
 }
 
 func (r *rawConn) Write(f func(fd uintptr) bool) error {
-	c := r.c
+	c := (*Conn)(r)
 	c.waiting.Add(1)
-	c.wd.waiting.Add(1)
 	c.give(&c.wd)
 	err := c.rc.Write(f)
-	c.wd.waiting.Add(-1)
 	c.waiting.Add(-1)
 	return err
 }
@@ -263,7 +259,8 @@ func rawIO(rc syscall.RawConn, c *Conn, p []byte, write bool) (int, error) {
 	o := getOp(c)
 	o.buf = p
 	if c != nil {
-		// c's deadlines are its own (see deadline).
+		// c's deadlines are its own (see deadline); the caller counts
+		// itself in c.waiting.
 		o.dl = &c.rd
 		if write {
 			o.dl = &c.wd
@@ -272,7 +269,6 @@ func rawIO(rc syscall.RawConn, c *Conn, p []byte, write bool) (int, error) {
 			putOp(o)
 			return 0, os.ErrDeadlineExceeded
 		}
-		o.dl.waiting.Add(1)
 		if o.dl.stale() {
 			c.give(o.dl)
 		}
@@ -283,9 +279,6 @@ func rawIO(rc syscall.RawConn, c *Conn, p []byte, write bool) (int, error) {
 		err, call = rc.Write(o.send), "write"
 	} else {
 		err = rc.Read(o.recv)
-	}
-	if o.dl != nil {
-		o.dl.waiting.Add(-1)
 	}
 	n, errno, closed := o.n, o.errno, o.closed
 	putOp(o)
@@ -465,7 +458,7 @@ func (c *Conn) SetReadDeadline(t time.Time) error  { c.set(&c.rd, t); return nil
 func (c *Conn) SetWriteDeadline(t time.Time) error { c.set(&c.wd, t); return nil }
 
 // SyscallConn gives raw access to the socket, for the splice's own polling.
-func (c *Conn) SyscallConn() (syscall.RawConn, error) { return &c.raw, nil }
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return (*rawConn)(c), nil }
 
 // sockName returns the address getsockname or getpeername (call) reports
 // for fd, or nil.
@@ -697,7 +690,7 @@ func (c *Conn) awaitConnect(ctx context.Context, timeout time.Duration) error {
 		if ctx.Done() != nil {
 			stop = context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Unix(1, 0)) })
 		}
-		err := c.raw.Write(o.connect)
+		err := (*rawConn)(c).Write(o.connect)
 		if !stop() {
 			// Cancelled: the deadline may be set to the past at any
 			// moment now, so the connection is not handed on.
