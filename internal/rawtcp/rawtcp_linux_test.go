@@ -268,8 +268,6 @@ func TestLazyDeadlines(t *testing.T) {
 	isTimeout := func(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 	// fill writes to c until its socket takes no more.
 	fill := func(c *Conn) {
-		c.SetWriteDeadline(time.Now().Add(-time.Second))
-		c.SetWriteDeadline(time.Time{})
 		chunk := make([]byte, 64<<10)
 		for {
 			c.SetWriteDeadline(time.Now().Add(20 * time.Millisecond))
@@ -382,9 +380,18 @@ func TestLazyDeadlines(t *testing.T) {
 				t.Fatalf("RawConn.Read: %v, want a timeout", err)
 			}
 			c.SetReadDeadline(time.Time{})
-			peer.Write([]byte("w"))
-			calls := 0
-			if err := rc.Read(func(uintptr) bool { calls++; return calls > 1 }); err != nil {
+			go func() {
+				time.Sleep(50 * time.Millisecond)
+				peer.Write([]byte("w"))
+			}()
+			// The callback looks for itself, as RawConn's must: the
+			// byte may come before the wait begins.
+			var b [1]byte
+			readable := func(fd uintptr) bool {
+				n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+				return n > 0 || err != syscall.EAGAIN
+			}
+			if err := rc.Read(readable); err != nil {
 				t.Fatalf("RawConn.Read after clearing: %v", err)
 			}
 		}},
