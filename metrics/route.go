@@ -22,11 +22,31 @@ type Route struct {
 	name string
 
 	codes    sync.Map // status code (int) → prometheus.Counter
+	ends     sync.Map // session end reason (string) → prometheus.Counter
 	duration atomic.Pointer[prometheus.Observer]
 	wsTotal  atomic.Pointer[prometheus.Counter]
 	wsActive atomic.Pointer[prometheus.Gauge]
 	traffic  atomic.Pointer[[4]prometheus.Counter] // frames in, out; bytes in, out
-	closed   atomic.Pointer[prometheus.Counter]    // reason "close", the usual end
+}
+
+// kept returns the series in p, resolving it on first use. Two callers
+// may both resolve it; they get the same series from the vector.
+func kept[T any](p *atomic.Pointer[T], resolve func() T) T {
+	if v := p.Load(); v != nil {
+		return *v
+	}
+	v := resolve()
+	p.Store(&v)
+	return v
+}
+
+// keptBy is kept for a series chosen by one more label value, k.
+func keptBy[K comparable](m *sync.Map, k K, resolve func(K) prometheus.Counter) prometheus.Counter {
+	if c, ok := m.Load(k); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := m.LoadOrStore(k, resolve(k))
+	return c.(prometheus.Counter)
 }
 
 // Route returns the counters of the route named name; nil when m is nil.
@@ -42,18 +62,10 @@ func (r *Route) Request(code int, d time.Duration) {
 	if r == nil {
 		return
 	}
-	c, ok := r.codes.Load(code)
-	if !ok {
-		c, _ = r.codes.LoadOrStore(code, r.m.requests.WithLabelValues(r.name, codeLabel(code)))
-	}
-	c.(prometheus.Counter).Inc()
-	o := r.duration.Load()
-	if o == nil {
-		v := r.m.duration.WithLabelValues(r.name)
-		o = &v
-		r.duration.Store(o)
-	}
-	(*o).Observe(d.Seconds())
+	keptBy(&r.codes, code, func(code int) prometheus.Counter {
+		return r.m.requests.WithLabelValues(r.name, codeLabel(code))
+	}).Inc()
+	kept(&r.duration, func() prometheus.Observer { return r.m.duration.WithLabelValues(r.name) }).Observe(d.Seconds())
 }
 
 // SessionStarted counts a WebSocket session that began on the route.
@@ -61,24 +73,12 @@ func (r *Route) SessionStarted() {
 	if r == nil {
 		return
 	}
-	t := r.wsTotal.Load()
-	if t == nil {
-		v := r.m.wsTotal.WithLabelValues(r.name)
-		t = &v
-		r.wsTotal.Store(t)
-	}
-	(*t).Inc()
+	kept(&r.wsTotal, func() prometheus.Counter { return r.m.wsTotal.WithLabelValues(r.name) }).Inc()
 	r.active().Inc()
 }
 
 func (r *Route) active() prometheus.Gauge {
-	g := r.wsActive.Load()
-	if g == nil {
-		v := r.m.wsActive.WithLabelValues(r.name)
-		g = &v
-		r.wsActive.Store(g)
-	}
-	return *g
+	return kept(&r.wsActive, func() prometheus.Gauge { return r.m.wsActive.WithLabelValues(r.name) })
 }
 
 // SessionTraffic adds what a WebSocket session on the route carried since
@@ -87,16 +87,14 @@ func (r *Route) SessionTraffic(framesIn, framesOut, bytesIn, bytesOut int64) {
 	if r == nil || framesIn|framesOut|bytesIn|bytesOut == 0 {
 		return
 	}
-	t := r.traffic.Load()
-	if t == nil {
-		t = &[4]prometheus.Counter{
+	t := kept(&r.traffic, func() [4]prometheus.Counter {
+		return [4]prometheus.Counter{
 			r.m.wsFrames.WithLabelValues(r.name, "in"),
 			r.m.wsFrames.WithLabelValues(r.name, "out"),
 			r.m.wsBytes.WithLabelValues(r.name, "in"),
 			r.m.wsBytes.WithLabelValues(r.name, "out"),
 		}
-		r.traffic.Store(t)
-	}
+	})
 	for i, n := range [4]int64{framesIn, framesOut, bytesIn, bytesOut} {
 		if n != 0 {
 			t[i].Add(float64(n))
@@ -110,17 +108,13 @@ func (r *Route) SessionEnded(s Session) {
 		return
 	}
 	r.active().Dec()
-	if s.Reason == "" {
-		c := r.closed.Load()
-		if c == nil {
-			v := r.m.wsCloses.WithLabelValues(r.name, "close")
-			c = &v
-			r.closed.Store(c)
-		}
-		(*c).Inc()
-	} else {
-		r.m.wsCloses.WithLabelValues(r.name, s.Reason).Inc()
+	reason := s.Reason
+	if reason == "" {
+		reason = "close"
 	}
+	keptBy(&r.ends, reason, func(reason string) prometheus.Counter {
+		return r.m.wsCloses.WithLabelValues(r.name, reason)
+	}).Inc()
 	if s.LimitHits > 0 {
 		r.m.rateLimited.WithLabelValues(r.name, "websocket").Add(float64(s.LimitHits))
 	}
