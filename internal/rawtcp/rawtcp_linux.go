@@ -710,22 +710,24 @@ func (c *Conn) awaitConnect(ctx context.Context, timeout time.Duration) error {
 func (o *op) doConnectNow(fd uintptr) { o.done = o.doConnect(fd) }
 
 // doConnect reports whether the connect on fd has finished, leaving its
-// failure, if any, in o.errno.
+// failure, if any, in o.errno. A socket with a peer is connected; that is
+// asked first because it is the common answer (on loopback the connect is
+// done by the time it is first looked at), and one call settles it.
+// Without a peer, SO_ERROR tells a failure from a connect still under way
+// (the poller can also report a socket early).
 func (o *op) doConnect(fd uintptr) bool {
+	var rsa syscall.RawSockaddrAny
+	n := uint32(unsafe.Sizeof(rsa))
+	if _, _, e := syscall.RawSyscall(syscall.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n))); e == 0 {
+		return true
+	}
 	v, e := getInt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
 	if e != 0 {
 		o.errno = e
 		return true
 	}
 	switch syscall.Errno(v) {
-	case 0:
-		// Not failed; connected once it has a peer (the poller can also
-		// report a socket early).
-		var rsa syscall.RawSockaddrAny
-		n := uint32(unsafe.Sizeof(rsa))
-		_, _, e := syscall.RawSyscall(syscall.SYS_GETPEERNAME, fd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
-		return e == 0
-	case syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
+	case 0, syscall.EINPROGRESS, syscall.EALREADY, syscall.EINTR:
 		return false
 	default:
 		o.errno = syscall.Errno(v)

@@ -760,6 +760,12 @@ func (s *Session) serve(d *dir, buf []byte, hup bool, now time.Time, rd *rawIO) 
 		if err == errWouldBlock || (n < len(buf) && !d.hup) {
 			break
 		}
+		if d.ev.Load() == evTorn {
+			// What was read ended the session (a close frame answered,
+			// say): its sockets are closed, and a hung-up source need
+			// not be read to its end.
+			break
+		}
 		if turn == maxTurns {
 			again = true
 			break
