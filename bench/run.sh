@@ -329,6 +329,27 @@ rss_kib() {
 
 HZ=$(getconf CLK_TCK)
 
+# cpu_stat CPU: "busy total" jiffies of one CPU from /proc/stat (busy is
+# all but idle and iowait).
+cpu_stat() {
+	awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
+# record_busy TARGET TEST BEFORE_LOAD AFTER_LOAD BEFORE_PROXY AFTER_PROXY: how
+# busy the load CPU and the proxy CPU were during a test, in percent. Which
+# one is near 100 % says what bounds the rate: when it is the load CPU, the
+# rate measures the backend and load generator as much as the proxy.
+record_busy() {
+	local b0 t0 b1 t1
+	read -r b0 t0 <<<"$3"
+	read -r b1 t1 <<<"$4"
+	record "$1" "$2_load_busy" "$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { if (t > 0) printf "%.1f", 100 * b / t; else print "nan" }')"
+	[[ $1 == direct ]] && return 0
+	read -r b0 t0 <<<"$5"
+	read -r b1 t1 <<<"$6"
+	record "$1" "$2_proxy_busy" "$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { if (t > 0) printf "%.1f", 100 * b / t; else print "nan" }')"
+}
+
 url_of() {
 	case $1 in
 	direct) echo "127.0.0.1:$BACKEND_PORT" ;;
@@ -400,10 +421,13 @@ run_wsload() { # run_wsload TARGET OUT ARGS...
 }
 
 test_echo() {
-	local t=$1 out=$WORK/echo-$t-$ROUND.txt c0 c1 line
+	local t=$1 out=$WORK/echo-$t-$ROUND.txt c0 c1 line l0 l1 p0 p1
 	[[ $t != direct ]] && c0=$(cpu_ticks "$t")
+	l0=$(cpu_stat "$LOAD_CPU") p0=$(cpu_stat "$PROXY_CPU")
 	run_wsload "$t" "$out" -mode echo -c "$WS_CONNS" -size 64 -d "${WS_SECS}s" || return 0
+	l1=$(cpu_stat "$LOAD_CPU") p1=$(cpu_stat "$PROXY_CPU")
 	[[ $t != direct ]] && c1=$(cpu_ticks "$t")
+	record_busy "$t" echo "$l0" "$l1" "$p0" "$p1"
 	line=$(grep '^mode=echo' "$out")
 	record "$t" echo_mps "$(kv msg_per_s <<<"$line")"
 	record "$t" echo_p99_ms "$(awk -v u="$(kv p99_us <<<"$line")" 'BEGIN { printf "%.3f", u / 1000 }')"
@@ -420,10 +444,13 @@ test_bulk() {
 # test_handshake TARGET: connect, upgrade, close handshake (send a close
 # frame, wait for the reply), hang up; HS_WORKERS loops at once.
 test_handshake() {
-	local t=$1 out=$WORK/hs-$t-$ROUND.txt line c0 c1
+	local t=$1 out=$WORK/hs-$t-$ROUND.txt line c0 c1 l0 l1 p0 p1
 	[[ $t != direct ]] && c0=$(cpu_ticks "$t")
+	l0=$(cpu_stat "$LOAD_CPU") p0=$(cpu_stat "$PROXY_CPU")
 	run_wsload "$t" "$out" -mode handshake -c "$HS_WORKERS" -d "${HS_SECS}s" -src "$SRC_IPS" || return 0
+	l1=$(cpu_stat "$LOAD_CPU") p1=$(cpu_stat "$PROXY_CPU")
 	[[ $t != direct ]] && c1=$(cpu_ticks "$t")
+	record_busy "$t" hs "$l0" "$l1" "$p0" "$p1"
 	line=$(grep '^mode=handshake' "$out")
 	record "$t" hs_per_s "$(kv hs_per_s <<<"$line")"
 	record "$t" errors "$(kv errors <<<"$line")"
@@ -628,10 +655,14 @@ METRICS=(
 	"echo_p99_ms|WS echo 64 B: p99 RTT, ms (lower)"
 	"echo_cpu_us|WS echo 64 B: proxy CPU per msg, us (lower)"
 	"echo_cpu_us_user|  of which user space, us (lower)"
+	"echo_load_busy|  load CPU busy during it, % (context)"
+	"echo_proxy_busy|  proxy CPU busy during it, % (context)"
 	"bulk_mbps|WS echo $BULK_CONNS x 64 KiB: MB/s (higher)"
 	"hs_per_s|WS handshake+close/s, $HS_WORKERS workers (higher)"
 	"hs_cpu_us|WS handshake: proxy CPU per session, us (lower)"
 	"hs_cpu_us_user|  of which user space, us (lower)"
+	"hs_load_busy|  load CPU busy during it, % (context)"
+	"hs_proxy_busy|  proxy CPU busy during it, % (context)"
 	"hangup_per_s|WS handshake+hang-up/s (higher)"
 	"idle_kib|WS idle session: proxy RSS, KiB (lower)"
 )
@@ -650,11 +681,17 @@ METRICS=(
 	for entry in "${METRICS[@]}"; do
 		m=${entry%%|*} label=${entry#*|}
 		d=$(median "$m" direct) n=$(median "$m" nginx) s=$(median "$m" sluice)
+		if [[ $m == *_busy ]]; then
+			# Context, not a figure to compare: no ratios.
+			printf '%-46s %10s %10s %10s %8s %8s %12s\n' "$label" "$(fmt "$d")" "$(fmt "$n")" "$(fmt "$s")" - - -
+			continue
+		fi
 		printf '%-46s %10s %10s %10s %8s %8s %12s\n' "$label" "$(fmt "$d")" "$(fmt "$n")" "$(fmt "$s")" \
 			"$(ratio "$s" "$n")" "$(ratio "$d" "$n")" "$(spread "$m" nginx)/$(spread "$m" sluice)"
 	done
 	echo
 	echo "sl/ngx = sluice / nginx, dir/ngx = direct / nginx (direct runs backend and load generator on one CPU);"
+	echo "a load CPU near 100 % busy bounds the rate above it: the proxy then moves it only through its latency."
 	echo "spread = (max - min) / median over the rounds, nginx/sluice. Idle RSS before the sessions: nginx $(fmt "$(median idle_rss0_mib nginx)") MiB, sluice $(fmt "$(median idle_rss0_mib sluice)") MiB."
 	errs=$(awk -F'\t' '$3 == "errors" && $4 > 0 {print $2 " round " $1 ": " $4}' "$RESULTS" | sort -u | paste -sd';' -)
 	if [[ -n $errs ]]; then
