@@ -23,16 +23,33 @@ func rawListener(ln net.Listener) (net.Listener, error) {
 // options, so they are set once, on the listener, instead of with four
 // setsockopt calls on every connection (KeepAlive -1 stops net from
 // setting them again).
-var listenConfig = net.ListenConfig{KeepAlive: -1, Control: setListenerKeepAlive}
+//
+// The listener also defers accepts (TCP_DEFER_ACCEPT, as nginx's "listen
+// ... deferred"): a connection is handed over when its first bytes have
+// come, so the request is there to read at once, instead of an accept, a
+// read that finds nothing and a wait on the poller in between. HTTP and
+// TLS clients speak first. One that connects and says nothing is handed
+// over anyway after deferAccept seconds (at the kernel's first SYN-ACK
+// retransmission), and from then on read_header applies as usual.
+var listenConfig = net.ListenConfig{KeepAlive: -1, Control: setListenerOptions}
 
-func setListenerKeepAlive(network, address string, rc syscall.RawConn) error {
+const deferAccept = 1 // seconds
+
+func setListenerOptions(network, address string, rc syscall.RawConn) error {
 	ka := rawtcp.Keepalive{Idle: keepAliveIdle, Interval: keepAliveInterval, Count: keepAliveCount}
-	var e syscall.Errno
-	if err := rc.Control(func(fd uintptr) { e = rawtcp.SetKeepalive(fd, ka) }); err != nil {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		if e := rawtcp.SetKeepalive(fd, ka); e != 0 {
+			serr = e
+			return
+		}
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, deferAccept)
+	})
+	if err != nil {
 		return err
 	}
-	if e != 0 {
-		return &net.OpError{Op: "setsockopt", Net: network, Err: os.NewSyscallError("setsockopt", e)}
+	if serr != nil {
+		return &net.OpError{Op: "setsockopt", Net: network, Err: os.NewSyscallError("setsockopt", serr)}
 	}
 	return nil
 }
