@@ -16,7 +16,8 @@ const (
 	keepAliveCount    = 9
 )
 
-// listenTCP binds addr with the client keepalive above.
+// listenTCP binds addr with the client keepalive above (and, on Linux,
+// deferred accepts: see listen_linux.go).
 func listenTCP(addr string) (net.Listener, error) {
 	ln, err := listenConfig.Listen(context.Background(), "tcp", addr)
 	if err != nil {
