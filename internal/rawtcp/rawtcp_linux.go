@@ -12,12 +12,14 @@
 // scheduler need not know of it. net's accept, connect, setsockopt and
 // close are ordinary syscalls.
 //
-// Sockets join Go's netpoller as os.File values (os.NewFile registers a
-// non-blocking descriptor with raw calls) and are read and written with
-// raw recvfrom and sendto through their syscall.RawConn, as Wrap makes
-// net's own connections do. The one ordinary call left is os.File's
-// close: Close releases the socket at once with a raw call and leaves only
-// the descriptor number to be closed, in batches (see Conn.Close and reap).
+// A socket joins Go's netpoller, as an os.File (os.NewFile registers a
+// non-blocking descriptor with raw calls), only when a call on it must
+// wait: an accepted connection whose request is there and whose answer
+// goes out at once never does (see Conn). Reads and writes are raw
+// recvfrom and sendto calls either way. The one ordinary call left is
+// os.File's close: Close releases the socket at once with a raw call and
+// leaves only the descriptor number to be closed, in batches (see
+// Conn.Close and reap).
 package rawtcp
 
 import (
@@ -37,9 +39,30 @@ import (
 )
 
 // Conn is a TCP connection. It implements net.Conn and syscall.Conn.
+//
+// An accepted Conn starts as a bare descriptor, and gets its os.File (f)
+// only when a call must wait (see wait). Why: making the file costs a
+// fcntl, an epoll_ctl into Go's set and a finalizer, and its release a
+// dup3, another epoll_ctl and a batched close. For the two sockets of a
+// WebSocket handshake session that was a tenth of the proxy's user time
+// (bench/README.md), and the client socket never needs to wait: with
+// deferred accepts its request is there when it is taken, and the 101 goes
+// out at once. Such a socket is released by one close.
+//
+// Without the file's reference count, Conn keeps its own (uses), so that
+// the descriptor number cannot be closed, and given to another socket,
+// while a raw call on it is in flight: Close marks the count closing, and
+// whoever brings it to zero releases the descriptor (finish). Every raw
+// call goes through that count (control), with or without the file, which
+// is also cheaper than the file's own RawConn.Control.
 type Conn struct {
-	f      *os.File
-	rc     syscall.RawConn
+	fd   int
+	uses atomic.Int64 // raw calls in flight on fd, plus closing once Close began
+	fmu  sync.Mutex   // serializes making f with Close
+	hasF atomic.Bool  // f and rc are set (once, with fmu held)
+	f    *os.File
+	rc   syscall.RawConn // f's, to wait with
+
 	raddr  *net.TCPAddr
 	laddr  atomic.Pointer[net.TCPAddr] // looked up on first use
 	closed atomic.Bool
@@ -99,6 +122,9 @@ func (c *Conn) set(d *deadline, t time.Time) {
 // calls it after storing the deadline, so that whichever runs last gives
 // the latest deadline.
 func (c *Conn) give(d *deadline) {
+	if !c.hasF.Load() {
+		return // nothing waits without the file; the first wait gives it
+	}
 	c.dlMu.Lock()
 	defer c.dlMu.Unlock()
 	v := d.at.Load()
@@ -125,14 +151,94 @@ func (d *deadline) stale() bool {
 	return g != 0 && g != d.at.Load()
 }
 
-func newConn(fd int, raddr *net.TCPAddr) (*Conn, error) {
-	f := os.NewFile(uintptr(fd), "tcp")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, err
+// newConn makes a Conn of socket fd; with file, its os.File at once (for a
+// socket that will wait soon, as a dialled one does for its answer).
+func newConn(fd int, raddr *net.TCPAddr, file bool) *Conn {
+	c := &Conn{fd: fd, raddr: raddr}
+	if file {
+		c.makeFile()
 	}
-	return &Conn{f: f, rc: rc, raddr: raddr}, nil
+	return c
+}
+
+// closing marks Conn.uses once Close has begun: no call may start then.
+const closing = 1 << 62
+
+// acquire counts a raw call in, unless the connection is closing.
+func (c *Conn) acquire() bool {
+	for {
+		v := c.uses.Load()
+		if v&closing != 0 {
+			return false
+		}
+		if c.uses.CompareAndSwap(v, v+1) {
+			return true
+		}
+	}
+}
+
+// release counts a raw call out; the last one after Close releases the
+// descriptor.
+func (c *Conn) release() {
+	if c.uses.Add(-1) == closing {
+		c.finish()
+	}
+}
+
+// control runs fn on the descriptor, which stays open meanwhile. It fails
+// with net.ErrClosed once Close has begun.
+func (c *Conn) control(fn func(fd uintptr)) error {
+	if !c.acquire() {
+		return net.ErrClosed
+	}
+	fn(uintptr(c.fd))
+	c.release()
+	return nil
+}
+
+// wait makes sure the connection has its file, for a call that is about to
+// wait for readiness. It fails with net.ErrClosed once Close has begun.
+//
+// Registering a socket with the netpoller reports its present readiness,
+// and every wait looks for itself before it waits (see op), so nothing
+// that happened before the registration is missed.
+func (c *Conn) wait() error {
+	if c.closed.Load() {
+		return net.ErrClosed
+	}
+	if c.hasF.Load() {
+		return nil
+	}
+	c.fmu.Lock()
+	defer c.fmu.Unlock()
+	if c.closed.Load() {
+		return net.ErrClosed
+	}
+	if !c.hasF.Load() {
+		c.makeFile()
+	}
+	return nil
+}
+
+// makeFile gives c its file. It is called with c.fmu held, or before c is
+// shared.
+func (c *Conn) makeFile() {
+	c.f = os.NewFile(uintptr(c.fd), "tcp")
+	// An os.File's SyscallConn cannot fail; and the file must not be
+	// dropped, or its finalizer would close c.fd behind our back.
+	c.rc, _ = c.f.SyscallConn()
+	c.hasF.Store(true)
+}
+
+// finish releases the descriptor, once Close has begun and no raw call is
+// in flight: at once without a file; with one, in the next batch (the
+// socket itself was released by Close).
+func (c *Conn) finish() {
+	if c.hasF.Load() {
+		closeSoon(c.f)
+	} else {
+		closeFd(c.fd)
+	}
 }
 
 // rawConn is the connection's syscall.RawConn, counting the calls that may
@@ -140,12 +246,15 @@ func newConn(fd int, raddr *net.TCPAddr) (*Conn, error) {
 // field.
 type rawConn Conn
 
-func (r *rawConn) Control(f func(fd uintptr)) error { return r.rc.Control(f) }
+func (r *rawConn) Control(f func(fd uintptr)) error { return (*Conn)(r).control(f) }
 
 // Read and Write cannot tell whether f will wait, so they give the file
 // its deadline first.
 func (r *rawConn) Read(f func(fd uintptr) bool) error {
 	c := (*Conn)(r)
+	if err := c.wait(); err != nil {
+		return err
+	}
 	c.waiting.Add(1)
 	c.give(&c.rd)
 	err := c.rc.Read(f)
@@ -155,6 +264,9 @@ func (r *rawConn) Read(f func(fd uintptr) bool) error {
 
 func (r *rawConn) Write(f func(fd uintptr) bool) error {
 	c := (*Conn)(r)
+	if err := c.wait(); err != nil {
+		return err
+	}
 	c.waiting.Add(1)
 	c.give(&c.wd)
 	err := c.rc.Write(f)
@@ -297,6 +409,14 @@ func rawIO(rc syscall.RawConn, c *Conn, p []byte, write bool) (int, error) {
 
 // Read reads once into p, as net.Conn's Read does.
 func (c *Conn) Read(p []byte) (int, error) {
+	if !c.hasF.Load() {
+		if n, err, done := c.tryIO(p, false); done {
+			return n, err
+		}
+	}
+	if err := c.wait(); err != nil {
+		return 0, c.opError("read", err)
+	}
 	c.waiting.Add(1)
 	n, err := rawIO(c.rc, c, p, false)
 	c.waiting.Add(-1)
@@ -310,13 +430,68 @@ func (c *Conn) Read(p []byte) (int, error) {
 
 // Write writes all of p unless an error (a deadline) stops it.
 func (c *Conn) Write(p []byte) (int, error) {
+	n := 0
+	if !c.hasF.Load() {
+		k, err, done := c.tryIO(p, true)
+		if done {
+			return k, err
+		}
+		n = k
+	}
+	if err := c.wait(); err != nil {
+		return n, c.opError("write", err)
+	}
 	c.waiting.Add(1)
-	n, err := rawIO(c.rc, c, p, true)
+	k, err := rawIO(c.rc, c, p[n:], true)
 	c.waiting.Add(-1)
 	if err != nil {
 		err = c.opError("write", err)
 	}
-	return n, err
+	return n + k, err
+}
+
+// tryIO is Read or Write on a connection without its file: one raw
+// recvfrom, or sendto calls until p is written, through control. It
+// reports done when the call is over; otherwise it met EAGAIN, after
+// writing n bytes, and the caller must wait with the file.
+func (c *Conn) tryIO(p []byte, write bool) (n int, err error, done bool) {
+	call, dl := "read", &c.rd
+	if write {
+		call, dl = "write", &c.wd
+	}
+	if len(p) == 0 {
+		return 0, nil, true
+	}
+	if dl.passed() {
+		return 0, c.opError(call, os.ErrDeadlineExceeded), true
+	}
+	if !c.acquire() {
+		return 0, c.opError(call, net.ErrClosed), true
+	}
+	var e syscall.Errno
+	if write {
+		for n < len(p) && e == 0 {
+			var k int
+			k, e = sockio.Send(uintptr(c.fd), p[n:])
+			n += k
+		}
+	} else {
+		n, e = sockio.Recv(uintptr(c.fd), p)
+	}
+	c.release()
+	switch {
+	case e == syscall.EAGAIN:
+		return n, nil, false
+	case e != 0:
+		return n, c.opError(call, os.NewSyscallError(call, e)), true
+	case n == 0 && !write:
+		if c.closed.Load() {
+			// The end of the stream came from a concurrent Close.
+			return 0, c.opError(call, io.EOF), true
+		}
+		return 0, io.EOF, true
+	}
+	return n, nil, true
 }
 
 func (c *Conn) opError(op string, err error) error {
@@ -342,34 +517,41 @@ func opError(op string, local, remote net.Addr, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: local, Addr: remote, Err: err}
 }
 
-// Close closes the socket at once, with a raw call, and hands the
-// descriptor to the next batch of releases (see reap).
+// Close releases the socket at once, with raw calls.
 //
-// The socket is closed by putting a placeholder (/dev/null) in its place
-// under the same descriptor number (dup3): the kernel releases the socket
-// exactly as close would (the peer sees the FIN, or a reset when data was
-// left unread, and every epoll set forgets it), while the number stays
-// taken, so that no other socket can get it while a call on this one is
-// still in flight; the batch closes the placeholder. A call waiting on the
-// netpoller would not be woken by that (no event comes from a placeholder),
-// so when one may be waiting the socket is shut down instead, which wakes
-// it, and the batch closes the socket itself.
+// A connection that never waited has no file and no registration: its
+// descriptor is closed as soon as no raw call is in flight on it (see
+// Conn), which is at once unless a call races with Close.
+//
+// A connection with a file hands it to the next batch of releases (see
+// reap): the file's close is an ordinary syscall. Its socket is closed now
+// by putting a placeholder (/dev/null) in its place under the same
+// descriptor number (dup3): the kernel releases the socket exactly as
+// close would (the peer sees the FIN, or a reset when data was left
+// unread, and every epoll set forgets it), while the number stays taken
+// until the batch closes the placeholder. A call waiting on the netpoller
+// would not be woken by that (no event comes from a placeholder), so when
+// one may be waiting the socket is shut down instead, which wakes it, and
+// the batch closes the socket itself.
 func (c *Conn) Close() error {
 	if c.closed.Swap(true) {
 		return opError("close", c.LocalAddr(), c.raddr, net.ErrClosed)
 	}
-	// A call that starts waiting after this load finds closed set (it
-	// looks before each wait): see op.
-	if c.waiting.Load() > 0 || placeholder() < 0 {
-		c.rc.Control(func(fd uintptr) { shutdown(fd, syscall.SHUT_RDWR) })
-	} else {
-		c.rc.Control(func(fd uintptr) {
-			if replaceFd(fd) != 0 {
-				shutdown(fd, syscall.SHUT_RDWR)
-			}
-		})
+	// From here on no file is made (see wait), and Close alone changes
+	// the descriptor: raw calls in flight only use it.
+	c.fmu.Lock()
+	if c.hasF.Load() {
+		// A call that starts waiting after this load finds closed set
+		// (it looks before each wait): see op.
+		fd := uintptr(c.fd)
+		if c.waiting.Load() > 0 || placeholder() < 0 || replaceFd(fd) != 0 {
+			shutdown(fd, syscall.SHUT_RDWR)
+		}
 	}
-	closeSoon(c.f)
+	c.fmu.Unlock()
+	if c.uses.Or(closing) == 0 {
+		c.finish()
+	}
 	return nil
 }
 
@@ -417,7 +599,9 @@ func (c *Conn) CloseWrite() error {
 		return opError("close", c.LocalAddr(), c.raddr, net.ErrClosed)
 	}
 	var e syscall.Errno
-	c.rc.Control(func(fd uintptr) { e = shutdown(fd, syscall.SHUT_WR) })
+	if err := c.control(func(fd uintptr) { e = shutdown(fd, syscall.SHUT_WR) }); err != nil {
+		return opError("close", c.LocalAddr(), c.raddr, err)
+	}
 	if e != 0 {
 		return opError("close", c.LocalAddr(), c.raddr, os.NewSyscallError("shutdown", e))
 	}
@@ -435,7 +619,7 @@ func (c *Conn) LocalAddr() net.Addr {
 		return a
 	}
 	var a *net.TCPAddr
-	c.rc.Control(func(fd uintptr) { a = sockName(fd, syscall.SYS_GETSOCKNAME) })
+	c.control(func(fd uintptr) { a = sockName(fd, syscall.SYS_GETSOCKNAME) })
 	if a == nil {
 		return &net.TCPAddr{}
 	}
@@ -577,11 +761,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
 	}
-	c, err := newConn(fd, raddr)
-	if err != nil {
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: err}
-	}
-	return c, nil
+	// No file yet: most accepted connections have their request there
+	// (the listener defers accepts), and many never wait (see Conn).
+	return newConn(fd, raddr, false), nil
 }
 
 // Close stops the listener; a waiting Accept returns net.ErrClosed.
@@ -662,10 +844,8 @@ func Dial(ctx context.Context, addr netip.AddrPort, timeout time.Duration, ka Ke
 		closeFd(int(fd))
 		return fail(os.NewSyscallError("connect", e))
 	}
-	c, err := newConn(int(fd), raddr)
-	if err != nil {
-		return fail(err)
-	}
+	// A dialled connection waits for its answer soon: its file now.
+	c := newConn(int(fd), raddr, true)
 	if e != 0 {
 		if err := c.awaitConnect(ctx, timeout); err != nil {
 			c.closeNow()
@@ -681,7 +861,7 @@ func Dial(ctx context.Context, addr netip.AddrPort, timeout time.Duration, ka Ke
 func (c *Conn) awaitConnect(ctx context.Context, timeout time.Duration) error {
 	o := getOp(c)
 	defer putOp(o)
-	c.rc.Control(o.connectNow)
+	c.control(o.connectNow)
 	if !o.done {
 		if timeout > 0 {
 			c.SetWriteDeadline(time.Now().Add(timeout))
@@ -738,7 +918,12 @@ func (o *op) doConnect(fd uintptr) bool {
 // closeNow releases a connection that never reached its user.
 func (c *Conn) closeNow() {
 	c.closed.Store(true)
-	c.f.Close()
+	c.uses.Store(closing)
+	if c.hasF.Load() {
+		c.f.Close() // at once: a connect may still be under way
+	} else {
+		closeFd(c.fd)
+	}
 }
 
 func putPort(p *uint16, port uint16) {

@@ -138,44 +138,190 @@ func TestSocketOptions(t *testing.T) {
 
 // TestClose: the peer sees the end at once, not when the batch releases
 // the descriptor; calls after Close fail with net.ErrClosed; data left
-// unread makes the close a reset, as close(2) does.
+// unread makes the close a reset, as close(2) does. A connection that never
+// waited has no file, and Close closes its descriptor; one that waited has
+// a file, and its number is held by the placeholder until the batch runs.
 func TestClose(t *testing.T) {
 	l := listen(t, "127.0.0.1:0")
-
 	holdBatches(t)
+	for _, tc := range []struct {
+		name   string
+		waited bool
+	}{
+		{"never waited", false},
+		{"waited", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, client := pair(t, l, false)
+			if tc.waited {
+				waitOnce(t, c)
+			}
+			fd := fdOf(c)
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			client.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if n, err := client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("peer read after Close: %d, %v; want EOF", n, err)
+			}
+			target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+			switch {
+			case tc.waited && (err != nil || target != "/dev/null"):
+				t.Errorf("descriptor %d after Close: %q, %v; want the placeholder /dev/null", fd, target, err)
+			case !tc.waited && err == nil:
+				t.Errorf("descriptor %d after Close: still open (%q); want it closed", fd, target)
+			}
+			for name, call := range map[string]func() error{
+				"Read":       func() error { _, err := c.Read(make([]byte, 1)); return err },
+				"Write":      func() error { _, err := c.Write([]byte("x")); return err },
+				"Close":      c.Close,
+				"CloseWrite": c.CloseWrite,
+				"RawConn.Control": func() error {
+					rc, _ := c.SyscallConn()
+					return rc.Control(func(uintptr) { t.Error("Control ran after Close") })
+				},
+				"RawConn.Read": func() error {
+					rc, _ := c.SyscallConn()
+					return rc.Read(func(uintptr) bool { return true })
+				},
+			} {
+				if err := call(); !errors.Is(err, net.ErrClosed) {
+					t.Errorf("%s after Close: %v, want net.ErrClosed", name, err)
+				}
+			}
+
+			c, client = pair(t, l, false)
+			if tc.waited {
+				waitOnce(t, c)
+			}
+			client.Write([]byte("left unread"))
+			time.Sleep(20 * time.Millisecond) // let it arrive
+			c.Close()
+			client.SetReadDeadline(time.Now().Add(time.Second))
+			if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("peer read after closing with unread data: %v, want a reset", err)
+			}
+		})
+	}
+}
+
+// waitOnce makes c wait once for readability (a read that times out), so
+// that it has its file.
+func waitOnce(t *testing.T, c *Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read with nothing to read: %v, want a timeout", err)
+	}
+	c.SetReadDeadline(time.Time{})
+	if !c.hasF.Load() {
+		t.Fatal("no file after a wait")
+	}
+}
+
+// TestNoFileUntilWait: an accepted connection whose calls never wait
+// never joins Go's netpoller; the first call that must wait gives it its
+// file, and still gets what arrives.
+func TestNoFileUntilWait(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
 	c, client := pair(t, l, false)
-	fd := fdOf(c)
-	if err := c.Close(); err != nil {
+	client.Write([]byte("request"))
+	buf := make([]byte, 64)
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, err := io.ReadAtLeast(c, buf, len("request"))
+	if err != nil || string(buf[:n]) != "request" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	if _, err := c.Write([]byte("answer")); err != nil {
 		t.Fatal(err)
 	}
-	client.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if n, err := client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-		t.Fatalf("peer read after Close: %d, %v; want EOF", n, err)
+	if c.hasF.Load() {
+		t.Fatal("a connection that never waited has a file")
 	}
-	// The socket is gone, and its number held by the placeholder until
-	// the batch runs.
-	if target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)); err != nil || target != "/dev/null" {
-		t.Errorf("descriptor %d after Close: %q, %v; want the placeholder /dev/null", fd, target, err)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		client.Write([]byte("later"))
+	}()
+	n, err = c.Read(buf)
+	if err != nil || string(buf[:n]) != "later" {
+		t.Fatalf("read after a wait: %q, %v", buf[:n], err)
 	}
-	for name, call := range map[string]func() error{
-		"Read":       func() error { _, err := c.Read(make([]byte, 1)); return err },
-		"Write":      func() error { _, err := c.Write([]byte("x")); return err },
-		"Close":      c.Close,
-		"CloseWrite": c.CloseWrite,
-	} {
-		if err := call(); !errors.Is(err, net.ErrClosed) {
-			t.Errorf("%s after Close: %v, want net.ErrClosed", name, err)
+	if !c.hasF.Load() {
+		t.Fatal("a connection that waited has no file")
+	}
+}
+
+// TestCloseWaitsOutCalls: a raw call in flight keeps the descriptor
+// number from being released (and given to another socket) until it
+// ends, with or without a file; calls that start after Close fail.
+func TestCloseWaitsOutCalls(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	for _, waited := range []bool{false, true} {
+		c, client := pair(t, l, false)
+		if waited {
+			waitOnce(t, c)
+		}
+		fd := fdOf(c)
+		ino := inode(t, fd)
+		inCall, end, done := make(chan struct{}), make(chan struct{}), make(chan uint64, 1)
+		rc, _ := c.SyscallConn()
+		go rc.Control(func(fd uintptr) {
+			close(inCall)
+			<-end
+			done <- inodeOf(int(fd))
+		})
+		<-inCall
+		c.Close()
+		// Descriptors opened now must not get fd's number.
+		var others []int
+		for range 8 {
+			o, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			others = append(others, o)
+			if o == fd {
+				t.Errorf("waited %v: descriptor %d given out again while a call on it was in flight", waited, fd)
+			}
+		}
+		if err := rc.Control(func(uintptr) {}); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("waited %v: Control after Close: %v, want net.ErrClosed", waited, err)
+		}
+		close(end)
+		if got := <-done; !waited && got != ino {
+			t.Errorf("waited %v: the call in flight saw inode %d, want its socket's %d", waited, got, ino)
+		}
+		for _, o := range others {
+			syscall.Close(o)
+		}
+		if !waited {
+			// The last call out closed the descriptor.
+			if _, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd)); err == nil {
+				t.Errorf("descriptor %d still open after the call in flight ended", fd)
+			}
+		}
+		client.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := client.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("waited %v: peer read after Close: %v, want EOF", waited, err)
 		}
 	}
+}
 
-	c, client = pair(t, l, false)
-	client.Write([]byte("left unread"))
-	time.Sleep(20 * time.Millisecond) // let it arrive
-	c.Close()
-	client.SetReadDeadline(time.Now().Add(time.Second))
-	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("peer read after closing with unread data: %v, want a reset", err)
+func inode(t *testing.T, fd int) uint64 {
+	t.Helper()
+	ino := inodeOf(fd)
+	if ino == 0 {
+		t.Fatalf("fstat %d failed", fd)
 	}
+	return ino
+}
+
+func inodeOf(fd int) uint64 {
+	var st syscall.Stat_t
+	if syscall.Fstat(fd, &st) != nil {
+		return 0
+	}
+	return st.Ino
 }
 
 // TestCloseWakesWaiters: Close ends calls waiting on the connection, for
@@ -564,11 +710,7 @@ func holdBatches(t *testing.T) {
 	})
 }
 
-func fdOf(c *Conn) int {
-	var n int
-	c.rc.Control(func(fd uintptr) { n = int(fd) })
-	return n
-}
+func fdOf(c *Conn) int { return c.fd }
 
 func openFds(t *testing.T) int {
 	t.Helper()
