@@ -250,26 +250,22 @@ func (r *rawConn) Control(f func(fd uintptr)) error { return (*Conn)(r).control(
 
 // Read and Write cannot tell whether f will wait, so they give the file
 // its deadline first.
-func (r *rawConn) Read(f func(fd uintptr) bool) error {
-	c := (*Conn)(r)
-	if err := c.wait(); err != nil {
-		return err
-	}
-	c.waiting.Add(1)
-	c.give(&c.rd)
-	err := c.rc.Read(f)
-	c.waiting.Add(-1)
-	return err
-}
+func (r *rawConn) Read(f func(fd uintptr) bool) error  { return (*Conn)(r).rawWait(f, false) }
+func (r *rawConn) Write(f func(fd uintptr) bool) error { return (*Conn)(r).rawWait(f, true) }
 
-func (r *rawConn) Write(f func(fd uintptr) bool) error {
-	c := (*Conn)(r)
+func (c *Conn) rawWait(f func(fd uintptr) bool, write bool) error {
 	if err := c.wait(); err != nil {
 		return err
 	}
 	c.waiting.Add(1)
-	c.give(&c.wd)
-	err := c.rc.Write(f)
+	var err error
+	if write {
+		c.give(&c.wd)
+		err = c.rc.Write(f)
+	} else {
+		c.give(&c.rd)
+		err = c.rc.Read(f)
+	}
 	c.waiting.Add(-1)
 	return err
 }
@@ -408,18 +404,18 @@ func rawIO(rc syscall.RawConn, c *Conn, p []byte, write bool) (int, error) {
 }
 
 // Read reads once into p, as net.Conn's Read does.
-func (c *Conn) Read(p []byte) (int, error) {
+func (c *Conn) Read(p []byte) (n int, err error) {
+	done := false
 	if !c.hasF.Load() {
-		if n, err, done := c.tryIO(p, false); done {
-			return n, err
+		n, done, err = c.tryIO(p, false)
+	}
+	if !done {
+		if err = c.wait(); err == nil {
+			c.waiting.Add(1)
+			n, err = rawIO(c.rc, c, p, false)
+			c.waiting.Add(-1)
 		}
 	}
-	if err := c.wait(); err != nil {
-		return 0, c.opError("read", err)
-	}
-	c.waiting.Add(1)
-	n, err := rawIO(c.rc, c, p, false)
-	c.waiting.Add(-1)
 	// A read that met the shutdown of a concurrent Close saw the end of
 	// the stream: it reports the Close, as net's would.
 	if err != nil && (err != io.EOF || c.closed.Load()) {
@@ -429,44 +425,44 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 // Write writes all of p unless an error (a deadline) stops it.
-func (c *Conn) Write(p []byte) (int, error) {
-	n := 0
+func (c *Conn) Write(p []byte) (n int, err error) {
+	done := false
 	if !c.hasF.Load() {
-		k, err, done := c.tryIO(p, true)
-		if done {
-			return k, err
+		n, done, err = c.tryIO(p, true)
+	}
+	if !done {
+		if err = c.wait(); err == nil {
+			var k int
+			c.waiting.Add(1)
+			k, err = rawIO(c.rc, c, p[n:], true)
+			c.waiting.Add(-1)
+			n += k
 		}
-		n = k
 	}
-	if err := c.wait(); err != nil {
-		return n, c.opError("write", err)
-	}
-	c.waiting.Add(1)
-	k, err := rawIO(c.rc, c, p[n:], true)
-	c.waiting.Add(-1)
 	if err != nil {
 		err = c.opError("write", err)
 	}
-	return n + k, err
+	return n, err
 }
 
 // tryIO is Read or Write on a connection without its file: one raw
 // recvfrom, or sendto calls until p is written, through control. It
-// reports done when the call is over; otherwise it met EAGAIN, after
-// writing n bytes, and the caller must wait with the file.
-func (c *Conn) tryIO(p []byte, write bool) (n int, err error, done bool) {
+// reports done when the call is over, with what rawIO would return;
+// otherwise it met EAGAIN, after writing n bytes, and the caller must
+// wait with the file.
+func (c *Conn) tryIO(p []byte, write bool) (n int, done bool, err error) {
 	call, dl := "read", &c.rd
 	if write {
 		call, dl = "write", &c.wd
 	}
 	if len(p) == 0 {
-		return 0, nil, true
+		return 0, true, nil
 	}
 	if dl.passed() {
-		return 0, c.opError(call, os.ErrDeadlineExceeded), true
+		return 0, true, os.ErrDeadlineExceeded
 	}
 	if !c.acquire() {
-		return 0, c.opError(call, net.ErrClosed), true
+		return 0, true, net.ErrClosed
 	}
 	var e syscall.Errno
 	if write {
@@ -481,17 +477,13 @@ func (c *Conn) tryIO(p []byte, write bool) (n int, err error, done bool) {
 	c.release()
 	switch {
 	case e == syscall.EAGAIN:
-		return n, nil, false
+		return n, false, nil
 	case e != 0:
-		return n, c.opError(call, os.NewSyscallError(call, e)), true
+		return n, true, os.NewSyscallError(call, e)
 	case n == 0 && !write:
-		if c.closed.Load() {
-			// The end of the stream came from a concurrent Close.
-			return 0, c.opError(call, io.EOF), true
-		}
-		return 0, io.EOF, true
+		return 0, true, io.EOF
 	}
-	return n, nil, true
+	return n, true, nil
 }
 
 func (c *Conn) opError(op string, err error) error {
