@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluice-proxy/sluice/internal/rawtcp"
+	"github.com/sluice-proxy/sluice/proxy/splice"
 )
 
 // upstreamKeepalive is the keepalive of upstream WebSocket connections,
@@ -38,3 +39,62 @@ func dialTCP(ctx context.Context, host string, timeout time.Duration) (net.Conn,
 func newRawSock(c net.Conn) net.Conn { return rawtcp.Wrap(c) }
 
 func underlying(c net.Conn) net.Conn { return rawtcp.Unwrap(c) }
+
+// upstreamWait is a WebSocket upstream connection whose wait for the
+// answer to the upgrade runs in the splice's poller (splice.Register),
+// whose session then takes the registration over: the socket never joins
+// Go's netpoller (bench/README.md). Reads of the exchange go through it,
+// so that the session learns whether the last one may have left bytes in
+// the socket.
+type upstreamWait struct {
+	c   net.Conn
+	rc  *rawtcp.Conn         // c, when it waits in the poller
+	reg *splice.Registration // until released or taken
+}
+
+// waitInSplice prepares c, the connection of an upgrade exchange, to wait
+// in the splice's poller when its session will run there (inline); c must
+// not be in use. A connection that cannot (TLS, a name's dial through
+// net) waits as usual.
+func waitInSplice(c net.Conn, inline bool) *upstreamWait {
+	w := &upstreamWait{c: c}
+	if rc, ok := c.(*rawtcp.Conn); ok && inline {
+		if w.reg = splice.Register(rc); w.reg != nil {
+			w.rc = rc
+			rc.SetReadWait(w.reg.Wait)
+		}
+	}
+	return w
+}
+
+func (w *upstreamWait) Read(p []byte) (int, error) {
+	n, err := w.c.Read(p)
+	if w.reg != nil {
+		w.reg.SetUnread(n == len(p))
+	}
+	return n, err
+}
+
+// stop ends the waits in the poller: the exchange is over.
+func (w *upstreamWait) stop() {
+	if w.rc != nil {
+		w.rc.SetReadWait(nil)
+		w.rc = nil
+	}
+}
+
+// release takes the socket out of the poller, for a connection that does
+// not become a session's. It may be called more than once.
+func (w *upstreamWait) release() {
+	w.stop()
+	w.reg.Release()
+	w.reg = nil
+}
+
+// take hands the registration over to the session (splice.Options).
+func (w *upstreamWait) take() *splice.Registration {
+	w.stop()
+	r := w.reg
+	w.reg = nil
+	return r
+}

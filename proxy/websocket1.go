@@ -61,15 +61,23 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 	// The upgrade exchange reads and writes raw; the session gets net's
 	// own connection (the splice has its own raw path).
 	backend = newRawSock(backend)
+	// The wait for the answer runs in the splice's poller, which the
+	// session then keeps the socket in (when it runs there).
+	uw := waitInSplice(backend, splice.WouldInline(underlying(sc.c), spliceOptions(ws, false)))
+	defer uw.release() // unless the session took the registration
 	ubr := h1Readers.Get().(*bufio.Reader)
-	ubr.Reset(backend)
-	if err := sc.upgradeExchange(x, tgt, backend, ubr); err != nil {
+	ubr.Reset(uw)
+	err = sc.upgradeExchange(x, tgt, backend, ubr)
+	uw.stop()
+	if err != nil {
 		(&h1Conn{c: backend, br: ubr}).close()
 		return sc.failed(x, err)
 	}
 	resp := &sc.resp
 	if resp.Status != 101 {
-		// The upstream said no (401, 403, 404...): relay its answer.
+		// The upstream said no (401, 403, 404...): relay its answer, whose
+		// body is read as any other's.
+		uw.release()
 		return sc.relay(x, &h1Conn{c: backend, br: ubr}, nil)
 	}
 	if !resp.Header.HasToken("Upgrade", "websocket") {
@@ -102,8 +110,9 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 	x.rec.status = 101
 	x.websocket = true // the session logs itself when it ends
 	sc.state.Store(connHijacked)
-	sess := splice.New(underlying(sc.c), buffered(sc.br), underlying(backend), buffered(ubr),
-		spliceOptions(ws, extensionNamedBytes(resp.Header, "permessage-deflate")))
+	opt := spliceOptions(ws, extensionNamedBytes(resp.Header, "permessage-deflate"))
+	opt.Backend = uw.take()
+	sess := splice.New(underlying(sc.c), buffered(sc.br), underlying(backend), buffered(ubr), opt)
 	// The session has copies of what the readers held: they go back to
 	// their pools.
 	sc.br.Reset(nil)

@@ -71,6 +71,9 @@ type Conn struct {
 	waiting atomic.Int32
 	rd, wd  deadline
 	dlMu    sync.Mutex // serializes handing deadlines to f
+	// readWait, when set, is how a Read without the file waits (see
+	// SetReadWait).
+	readWait func(deadline time.Time)
 }
 
 // deadline is the read or the write deadline of a Conn. It is kept here
@@ -151,14 +154,9 @@ func (d *deadline) stale() bool {
 	return g != 0 && g != d.at.Load()
 }
 
-// newConn makes a Conn of socket fd; with file, its os.File at once (for a
-// socket that will wait soon, as a dialled one does for its answer).
-func newConn(fd int, raddr *net.TCPAddr, file bool) *Conn {
-	c := &Conn{fd: fd, raddr: raddr}
-	if file {
-		c.makeFile()
-	}
-	return c
+// newConn makes a Conn of socket fd, without its file (see wait).
+func newConn(fd int, raddr *net.TCPAddr) *Conn {
+	return &Conn{fd: fd, raddr: raddr}
 }
 
 // closing marks Conn.uses once Close has begun: no call may start then.
@@ -403,11 +401,29 @@ func rawIO(rc syscall.RawConn, c *Conn, p []byte, write bool) (int, error) {
 	return n, nil
 }
 
+// SetReadWait has c's reads wait with fn, rather than with Go's netpoller,
+// until it is set to nil. fn must return once the socket may have become
+// readable since the read that found it empty, or, when deadline is not
+// zero, once deadline has passed; it may return early. It is for a socket
+// that waits once, for an answer, while registered with another poller
+// (the splice's, which then takes the registration over): the socket never
+// gets its file. Close wakes a read waiting in fn by shutting the socket
+// down, which that poller reports. A read waits with the deadline it found
+// when it began waiting. It must not be called while a call on c runs.
+func (c *Conn) SetReadWait(fn func(deadline time.Time)) { c.readWait = fn }
+
 // Read reads once into p, as net.Conn's Read does.
 func (c *Conn) Read(p []byte) (n int, err error) {
 	done := false
 	if !c.hasF.Load() {
 		n, done, err = c.tryIO(p, false)
+		for !done && c.readWait != nil {
+			if err = c.waitElsewhere(); err != nil {
+				break
+			}
+			n, done, err = c.tryIO(p, false)
+		}
+		done = done || err != nil
 	}
 	if !done {
 		if err = c.wait(); err == nil {
@@ -486,6 +502,28 @@ func (c *Conn) tryIO(p []byte, write bool) (n int, done bool, err error) {
 	return n, true, nil
 }
 
+// waitElsewhere is a Read's wait with readWait. It is counted in waiting,
+// so that Close shuts the socket down to end it, and in uses, so that the
+// descriptor stays open until it has: closing it would take the socket
+// out of the poller's set, and the report of the shutdown with it.
+func (c *Conn) waitElsewhere() error {
+	if !c.acquire() {
+		return net.ErrClosed
+	}
+	defer c.release()
+	c.waiting.Add(1)
+	defer c.waiting.Add(-1)
+	if c.closed.Load() {
+		return net.ErrClosed
+	}
+	var t time.Time
+	if v := c.rd.at.Load(); v != 0 {
+		t = epoch.Add(time.Duration(v))
+	}
+	c.readWait(t)
+	return nil
+}
+
 func (c *Conn) opError(op string, err error) error {
 	if c.closed.Load() {
 		// Whether the call found the socket shut down or its file
@@ -539,6 +577,11 @@ func (c *Conn) Close() error {
 		if c.waiting.Load() > 0 || placeholder() < 0 || replaceFd(fd) != 0 {
 			shutdown(fd, syscall.SHUT_RDWR)
 		}
+	} else if c.waiting.Load() > 0 {
+		// A read waits with readWait: the shutdown is reported to the
+		// poller it waits on. The wait holds the descriptor open (see
+		// waitElsewhere) until it has seen that.
+		shutdown(uintptr(c.fd), syscall.SHUT_RDWR)
 	}
 	c.fmu.Unlock()
 	if c.uses.Or(closing) == 0 {
@@ -755,7 +798,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 	}
 	// No file yet: most accepted connections have their request there
 	// (the listener defers accepts), and many never wait (see Conn).
-	return newConn(fd, raddr, false), nil
+	return newConn(fd, raddr), nil
 }
 
 // Close stops the listener; a waiting Accept returns net.ErrClosed.
@@ -836,8 +879,10 @@ func Dial(ctx context.Context, addr netip.AddrPort, timeout time.Duration, ka Ke
 		closeFd(int(fd))
 		return fail(os.NewSyscallError("connect", e))
 	}
-	// A dialled connection waits for its answer soon: its file now.
-	c := newConn(int(fd), raddr, true)
+	// Its file comes, as an accepted one's, with its first wait: a
+	// connect on loopback is done by the time it is looked at, and a
+	// WebSocket upgrade waits for its answer elsewhere (SetReadWait).
+	c := newConn(int(fd), raddr)
 	if e != 0 {
 		if err := c.awaitConnect(ctx, timeout); err != nil {
 			c.closeNow()

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // listen returns a rawtcp Listener on a loopback port of the family of
@@ -248,6 +249,82 @@ func TestNoFileUntilWait(t *testing.T) {
 	}
 	if !c.hasF.Load() {
 		t.Fatal("a connection that waited has no file")
+	}
+}
+
+// pollWait is a read wait for SetReadWait that waits in ppoll(2) for c's
+// socket, as the splice's poller would in its epoll set.
+func pollWait(c *Conn) func(deadline time.Time) {
+	return func(deadline time.Time) {
+		pfd := struct {
+			fd             int32
+			events, revent int16
+		}{fd: int32(c.fd), events: 0x1} // POLLIN
+		var ts *syscall.Timespec
+		if !deadline.IsZero() {
+			t := syscall.NsecToTimespec(max(int64(time.Until(deadline)), 0))
+			ts = &t
+		}
+		syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(ts)), 0, 0, 0)
+	}
+}
+
+// TestReadWait: with SetReadWait, a read that must wait waits there, not
+// on Go's netpoller: the connection, accepted or dialled, never gets its
+// file. The read gets what arrives, keeps its deadline, and a Close ends
+// it at once.
+func TestReadWait(t *testing.T) {
+	l := listen(t, "127.0.0.1:0")
+	for _, dialled := range []bool{false, true} {
+		t.Run(fmt.Sprintf("dialled=%v", dialled), func(t *testing.T) {
+			accepted, client := pair(t, l, true)
+			c, peer := accepted, net.Conn(client.(*Conn))
+			if dialled {
+				c, peer = client.(*Conn), accepted
+			}
+			c.SetReadWait(pollWait(c))
+			buf := make([]byte, 64)
+
+			c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			start := time.Now()
+			if _, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("read with nothing to read: %v, want a timeout", err)
+			}
+			if d := time.Since(start); d < 45*time.Millisecond {
+				t.Errorf("the read timed out after %v, before its 50ms deadline", d)
+			}
+
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			go func() {
+				time.Sleep(20 * time.Millisecond)
+				peer.Write([]byte("answer"))
+			}()
+			n, err := c.Read(buf)
+			if err != nil || string(buf[:n]) != "answer" {
+				t.Fatalf("read %q, %v; want the answer", buf[:n], err)
+			}
+			if c.hasF.Load() {
+				t.Error("a connection that waited with SetReadWait has a file")
+			}
+
+			closed := make(chan struct{})
+			go func() {
+				time.Sleep(20 * time.Millisecond)
+				c.Close()
+				close(closed)
+			}()
+			start = time.Now()
+			if _, err := c.Read(buf); !errors.Is(err, net.ErrClosed) {
+				t.Errorf("read during Close: %v, want net.ErrClosed", err)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("Close ended a waiting read after %v", d)
+			}
+			<-closed
+			if c.hasF.Load() {
+				t.Error("a connection that waited with SetReadWait has a file")
+			}
+		})
 	}
 }
 

@@ -66,6 +66,9 @@ func TestInlineChoice(t *testing.T) {
 			if r.s.inline != tt.want {
 				t.Errorf("inline = %v, want %v", r.s.inline, tt.want)
 			}
+			if got := WouldInline(r.s.client.conn, tt.cfg.opt); got != tt.want {
+				t.Errorf("WouldInline = %v, want %v", got, tt.want)
+			}
 			echo(t, r, 0)
 			if st := shutdownRig(t, r); st.Reason != "shutdown" || st.FramesIn != 2 || st.FramesOut != 2 { // a message and a close each way
 				t.Errorf("stats: %+v", st)

@@ -94,13 +94,15 @@ const (
 	evMissed                // inline: being registered, and readiness was reported meanwhile
 )
 
-// watch is a registration in the poller: a direction and its session.
+// watch is a registration in the poller: a direction and its session, or
+// a socket waiting for the session it will be part of (reg).
 type watch struct {
 	s      *Session
 	d      *dir
-	gen    uint32 // tells a registration from an earlier one in the same slot
-	inline bool   // the poller's goroutine serves d (see Session.serve)
-	hup    bool   // the report said the source hung up or failed
+	reg    *Registration // instead of s and d: see Register
+	gen    uint32        // tells a registration from an earlier one in the same slot
+	inline bool          // the poller's goroutine serves d (see Session.serve)
+	hup    bool          // the report said the source hung up or failed
 }
 
 // poller owns the epoll instance and the goroutine waiting on it. The
@@ -144,10 +146,16 @@ var pollers struct {
 
 // pickPoller returns the poller for a new session.
 func pickPoller() *poller {
+	all := allPollers()
+	return &all[pollers.next.Add(1)%uint32(len(all))]
+}
+
+// allPollers returns the pollers, made on first use.
+func allPollers() []poller {
 	pollers.once.Do(func() {
 		pollers.all = make([]poller, max(1, min(runtime.GOMAXPROCS(0), 64)))
 	})
-	return &pollers.all[pollers.next.Add(1)%uint32(len(pollers.all))]
+	return pollers.all
 }
 
 // wakeToken marks the pipe's events; slot tokens have a generation >= 1.
@@ -235,7 +243,20 @@ func (s *Session) startInline() bool {
 	}
 	// Reports that come before both are registered only mark the
 	// direction (evMissed); it is served once the session is fully in.
+	// A backend socket registered while it waited for its answer is
+	// taken over as it is: same flags, same slot, no epoll_ctl.
+	again := false
+	if r := s.reg; r != nil {
+		s.reg = nil
+		s.b2c.ev.Store(evStarting)
+		if !s.pl.adopt(r, s, &s.b2c, &again) {
+			r.Release()
+		}
+	}
 	for _, d := range []*dir{&s.b2c, &s.c2b} {
+		if d.token != 0 {
+			continue // adopted
+		}
 		d.ev.Store(evStarting)
 		if err := s.register(d, inlineFlags); err != nil {
 			if s.b2c.token != 0 {
@@ -252,7 +273,7 @@ func (s *Session) startInline() bool {
 		testHookRegistered()
 	}
 	for _, d := range []*dir{&s.b2c, &s.c2b} {
-		if !d.ev.CompareAndSwap(evStarting, evIdle) || len(d.pre) > 0 {
+		if !d.ev.CompareAndSwap(evStarting, evIdle) || len(d.pre) > 0 || (again && d == &s.b2c) {
 			d.ev.Store(evIdle)
 			s.pl.requeue(watch{s: s, d: d, gen: uint32(d.token), inline: true})
 		}
@@ -268,7 +289,22 @@ var testHookRegistered func()
 // with s.mu held, before teardown, so that teardown finds d's token as it is.
 func (s *Session) register(d *dir, flags uint32) error {
 	p := s.pl
+	d.token = p.add(watch{s: s, d: d, inline: flags == inlineFlags})
+	err := epollCtl(d.src.raw, p.epfd, syscall.EPOLL_CTL_ADD, flags, d.token)
+	if err != nil {
+		// Not registered, so no event can come.
+		p.unregister(d)
+		d.token = 0
+		return err
+	}
+	return nil
+}
+
+// add gives w a slot, starting the poller's goroutine if it is not
+// running, and returns w's token.
+func (p *poller) add(w watch) uint64 {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	var i uint32
 	if k := len(p.free); k > 0 {
 		i = p.free[k-1]
@@ -281,31 +317,25 @@ func (s *Session) register(d *dir, flags uint32) error {
 	if p.gen == wakeToken {
 		p.gen++
 	}
-	p.slots[i] = watch{s: s, d: d, gen: p.gen, inline: flags == inlineFlags}
-	d.token = uint64(i)<<32 | uint64(p.gen)
+	w.gen = p.gen
+	p.slots[i] = w
 	p.n.Add(1)
 	if !p.running {
 		p.running = true
 		go p.wait()
 	}
-	p.mu.Unlock()
-
-	err := epollCtl(d.src.raw, p.epfd, syscall.EPOLL_CTL_ADD, flags, d.token)
-	if err != nil {
-		// Not registered, so no event can come.
-		p.unregister(d)
-		d.token = 0
-		return err
-	}
-	return nil
+	return uint64(i)<<32 | uint64(p.gen)
 }
 
 // unregister frees d's slot. It may be called more than once.
-func (p *poller) unregister(d *dir) {
+func (p *poller) unregister(d *dir) { p.remove(d.token, d, nil) }
+
+// remove frees slot t if d and r still hold it.
+func (p *poller) remove(t uint64, d *dir, r *Registration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	i, gen := uint32(d.token>>32), uint32(d.token)
-	if int(i) >= len(p.slots) || p.slots[i].d != d || p.slots[i].gen != gen {
+	i, gen := uint32(t>>32), uint32(t)
+	if int(i) >= len(p.slots) || p.slots[i].d != d || p.slots[i].reg != r || p.slots[i].gen != gen {
 		return
 	}
 	p.slots[i] = watch{}
@@ -322,7 +352,7 @@ func (p *poller) unregister(d *dir) {
 // empty or reused: it is dropped. It is called with p.mu held.
 func (p *poller) lookup(t uint64) (watch, bool) {
 	k, gen := uint32(t>>32), uint32(t)
-	if t == 0 || int(k) >= len(p.slots) || p.slots[k].gen != gen || p.slots[k].d == nil {
+	if t == 0 || int(k) >= len(p.slots) || p.slots[k].gen != gen || (p.slots[k].d == nil && p.slots[k].reg == nil) {
 		return watch{}, false
 	}
 	return p.slots[k], true
@@ -443,7 +473,12 @@ func (p *poller) wait() {
 				continue
 			}
 			if w, ok := p.lookup(t); ok {
-				w.hup = events[i].Events&hupFlags != 0
+				hup := events[i].Events&hupFlags != 0
+				if w.reg != nil {
+					w.reg.signal(hup)
+					continue
+				}
+				w.hup = hup
 				ready = append(ready, w)
 			}
 		}

@@ -2,6 +2,11 @@
 
 package splice
 
+import (
+	"net"
+	"time"
+)
+
 // Without the poller every direction is driven by a goroutine of its own.
 
 type poller struct{}
@@ -18,3 +23,20 @@ func (s *Session) unwatch(*dir) {}
 
 // pollers is empty without the Linux poller.
 var pollers struct{ all []poller }
+
+// Registration is a backend socket registered with the poller before its
+// session exists; there is no poller here, so Register always returns nil.
+type Registration struct{}
+
+func Register(net.Conn) *Registration { return nil }
+
+func (r *Registration) Wait(time.Time) {}
+
+func (r *Registration) SetUnread(bool) {}
+
+func (r *Registration) Release() {}
+
+func (r *Registration) pollerOf() *poller { return nil }
+
+// Registered returns 0: there is no poller here.
+func Registered() int { return 0 }

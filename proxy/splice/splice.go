@@ -104,6 +104,10 @@ type Options struct {
 	AllowRSV1 bool
 	// WriteTimeout bounds each write to either peer. 0 = DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// Backend is the backend socket's Registration, when it has one
+	// (Register): New takes it over, and the session keeps it or
+	// releases it.
+	Backend *Registration
 }
 
 // Stats describes a finished session. In means client to backend, Out backend
@@ -199,8 +203,9 @@ type Session struct {
 	client, backend peer
 	c2b, b2c        dir
 
-	pl         *poller // the poller of its sockets (Linux)
-	inline     bool    // both directions run on the poller's goroutine, and writes never block (see poll_linux.go)
+	pl         *poller       // the poller of its sockets (Linux)
+	reg        *Registration // the backend's, until startInline takes it over
+	inline     bool          // both directions run on the poller's goroutine, and writes never block (see poll_linux.go)
 	start      time.Time
 	quiet      time.Duration // a direction parks after this long without bytes: quietPeriod (tests shorten it)
 	lastActive atomic.Int64  // nanoseconds since start of the last forwarded write
@@ -267,17 +272,36 @@ func New(client net.Conn, clientBuffered []byte, backend net.Conn, backendBuffer
 	// checked as a server checks them; toward the backend it is the client.
 	s.c2b.init(&s.client, &s.backend, clientBuffered, ws.StateServerSide|ext)
 	s.b2c.init(&s.backend, &s.client, backendBuffered, ws.StateClientSide|ext)
-	s.pl = pickPoller()
+	if s.pl = opt.Backend.pollerOf(); s.pl == nil {
+		s.pl = pickPoller()
+	}
 	// Inline needs both sockets read and written by the poller's goroutine,
 	// which must never wait: not for crypto/tls, nor for a rate limit.
 	s.inline = canInline && s.client.raw != nil && s.backend.raw != nil &&
 		!s.client.tls && !s.backend.tls && (s.lim == nil || opt.CloseOnLimit)
+	if s.inline {
+		s.reg, s.opt.Backend = opt.Backend, nil
+	} else {
+		// The other drivers register the socket their own way.
+		opt.Backend.Release()
+		s.opt.Backend = nil
+	}
 	if b := s.lim.ByteBurst(); b > 0 {
 		// Read no more than the byte bucket can ever pay for at once: a
 		// throttled client is then held back by TCP, not by our buffer.
 		s.c2b.readCap = int(min(b, bufSize))
 	}
 	return s
+}
+
+// WouldInline reports whether a session between client and a plain TCP
+// backend would run inline with opt: the only kind that takes a backend's
+// Registration over.
+func WouldInline(client net.Conn, opt Options) bool {
+	var p peer
+	p.init(client, sideClient)
+	limited := opt.MessagesPerSecond > 0 || opt.BytesPerSecond > 0
+	return canInline && p.raw != nil && !p.tls && (!limited || opt.CloseOnLimit)
 }
 
 // Run splices until the session is over and returns what happened. When it
@@ -305,6 +329,8 @@ func (s *Session) Run(ctx context.Context) Stats {
 func (s *Session) Start(ctx context.Context, done func(Stats)) {
 	s.mu.Lock()
 	if s.running || s.torn {
+		s.reg.Release()
+		s.reg = nil
 		s.mu.Unlock()
 		done(Stats{Err: errRunTwice})
 		return
