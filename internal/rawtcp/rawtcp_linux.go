@@ -14,8 +14,9 @@
 //
 // A socket joins Go's netpoller, as an os.File (os.NewFile registers a
 // non-blocking descriptor with raw calls), only when a call on it must
-// wait: an accepted connection whose request is there and whose answer
-// goes out at once never does (see Conn). Reads and writes are raw
+// wait there: an accepted connection whose request is there and whose
+// answer goes out at once never does (see Conn), nor does one whose reads
+// wait in another poller (SetReadWait). Reads and writes are raw
 // recvfrom and sendto calls either way. The one ordinary call left is
 // os.File's close: Close releases the socket at once with a raw call and
 // leaves only the descriptor number to be closed, in batches (see
@@ -40,14 +41,16 @@ import (
 
 // Conn is a TCP connection. It implements net.Conn and syscall.Conn.
 //
-// An accepted Conn starts as a bare descriptor, and gets its os.File (f)
-// only when a call must wait (see wait). Why: making the file costs a
-// fcntl, an epoll_ctl into Go's set and a finalizer, and its release a
-// dup3, another epoll_ctl and a batched close. For the two sockets of a
-// WebSocket handshake session that was a tenth of the proxy's user time
-// (bench/README.md), and the client socket never needs to wait: with
-// deferred accepts its request is there when it is taken, and the 101 goes
-// out at once. Such a socket is released by one close.
+// A Conn, accepted or dialled, starts as a bare descriptor, and gets its
+// os.File (f) only when a call must wait on Go's netpoller (see wait).
+// Why: making the file costs a fcntl, an epoll_ctl into Go's set and a
+// finalizer, and its release a dup3, another epoll_ctl and a batched
+// close. For the two sockets of a WebSocket handshake session that was a
+// tenth of the proxy's user time (bench/README.md), and neither needs the
+// file: with deferred accepts the client's request is there when it is
+// taken, and the 101 goes out at once; the upstream waits for its 101 in
+// the splice's poller (SetReadWait), which then keeps it. Such a socket is
+// released by one close.
 //
 // Without the file's reference count, Conn keeps its own (uses), so that
 // the descriptor number cannot be closed, and given to another socket,

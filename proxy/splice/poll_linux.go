@@ -62,7 +62,9 @@ import (
 //
 // Inline sessions skip all of that. When both peers are plain sockets and no
 // rate limit can make a direction wait (Session.inline), both directions are
-// registered edge-triggered for good when the session starts, and the
+// registered edge-triggered for good when the session starts (the backend's
+// socket may come registered already, from its wait for the answer to the
+// upgrade: see Registration), and the
 // poller's goroutine itself reads each readable source into its own buffer
 // and handles the frames, as nginx's event loop does: no goroutine, no park
 // and wake-up, and no read that meets EAGAIN after each frame (a read that
