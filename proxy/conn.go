@@ -190,7 +190,13 @@ func (s *ConnServer) Close() {
 		ln.Close()
 	}
 	for sc := range s.conns {
-		sc.c.Close()
+		// A connection stays tracked for a moment after its session
+		// took it over; closing it then would take the socket out of
+		// the session's poller unseen, and the session would wait for
+		// its client for ever.
+		if sc.state.Load() != connHijacked {
+			sc.c.Close()
+		}
 	}
 	s.mu.Unlock()
 	s.workers.close()
