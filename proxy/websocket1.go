@@ -63,7 +63,8 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 	backend = newRawSock(backend)
 	// The wait for the answer runs in the splice's poller, which the
 	// session then keeps the socket in (when it runs there).
-	uw := waitInSplice(backend, splice.WouldInline(underlying(sc.c), spliceOptions(ws, false)))
+	opt := spliceOptions(ws, false)
+	uw := waitInSplice(backend, splice.WouldInline(underlying(sc.c), opt))
 	defer uw.release() // unless the session took the registration
 	ubr := h1Readers.Get().(*bufio.Reader)
 	ubr.Reset(uw)
@@ -110,7 +111,7 @@ func (sc *serverConn) serveWebSocket(x *exchange, tgt *target) bool {
 	x.rec.status = 101
 	x.websocket = true // the session logs itself when it ends
 	sc.state.Store(connHijacked)
-	opt := spliceOptions(ws, extensionNamedBytes(resp.Header, "permessage-deflate"))
+	opt.AllowRSV1 = extensionNamedBytes(resp.Header, "permessage-deflate")
 	opt.Backend = uw.take()
 	sess := splice.New(underlying(sc.c), buffered(sc.br), underlying(backend), buffered(ubr), opt)
 	// The session has copies of what the readers held: they go back to

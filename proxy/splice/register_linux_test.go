@@ -151,6 +151,16 @@ func TestRegistrationAdopted(t *testing.T) {
 			}
 			done := make(chan Stats, 1)
 			s.Start(context.Background(), func(st Stats) { done <- st })
+			// ended waits for the session's end, and its registrations'.
+			ended := func() {
+				t.Helper()
+				select {
+				case <-done:
+				case <-time.After(10 * time.Second):
+					t.Fatal("the session did not end")
+				}
+				waitFor(t, "the registrations to go", func() bool { return p.n.Load() <= n0 })
+			}
 			if tt.inline && s.b2c.token != token {
 				t.Errorf("the backend direction has token %x, not its registration's %x", s.b2c.token, token)
 			}
@@ -167,12 +177,7 @@ func TestRegistrationAdopted(t *testing.T) {
 			if tt.hangUp {
 				c.Close()
 				b.Close()
-				select {
-				case <-done:
-				case <-time.After(10 * time.Second):
-					t.Fatal("the session did not end")
-				}
-				waitFor(t, "the registrations to go", func() bool { return p.n.Load() <= n0 })
+				ended()
 				return
 			}
 			later := bframe(opText, []byte("later"))
@@ -185,12 +190,7 @@ func TestRegistrationAdopted(t *testing.T) {
 			c.Close()
 			expectClose(t, b, 1001, true, false)
 			b.Close()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the session did not end")
-			}
-			waitFor(t, "the registrations to go", func() bool { return p.n.Load() <= n0 })
+			ended()
 		})
 	}
 }
