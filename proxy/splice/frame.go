@@ -36,6 +36,16 @@ const (
 	actHold                  // its header and first holdN payload bytes wait in hold for a decision (or for the first payload byte)
 )
 
+// hangup is what readiness reports said of a source's end, in the order
+// of how much must still be read to find it (see hangupOf).
+type hangup uint8
+
+const (
+	hupNone   hangup = iota // no end reported
+	hupFIN                  // the peer's FIN came, with no error behind it
+	hupFailed               // an error came: read until a read returns it
+)
+
 // dir is one direction of a session: src's frames go to dst. It is a parser
 // that knows where it stands in src's frame stream, what the open message has
 // cost, and whether dst's stream is inside a frame. It holds no buffer: only a
@@ -70,7 +80,7 @@ type dir struct {
 	chargeChunks bool  // the current frame's payload is charged to the byte bucket as it arrives
 	hold         [ws.MaxHeaderSize + pingLen]byte
 	peek         [1]byte // readiness probe target
-	hup          bool    // inline: src hung up or failed; read it to its end
+	hup          hangup  // inline: what the reports said of src's end
 	rbuf         *[]byte // what readInto read into, for pump; nil = nothing
 	rn           int     // bytes readInto read
 	rerr         error   // and the error it met (io.EOF at the end)

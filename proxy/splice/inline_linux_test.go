@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
@@ -222,4 +223,95 @@ func TestInlineReportDuringStart(t *testing.T) {
 		b.Close()
 		<-backend
 	}
+}
+
+// TestInlineEndBehindBytes checks sources whose FIN comes in the same
+// report as their last bytes: serve then ends the direction at the first
+// read that does not fill its buffer, without the read that would only
+// find the end. Every byte sent before the FIN must still arrive, however
+// the stream's length falls against the read buffer, and the session must
+// end as it does for any peer that goes away.
+func TestInlineEndBehindBytes(t *testing.T) {
+	for _, size := range []int{6, 200, bufSize - 1, bufSize, bufSize + 1, 3*bufSize + 17} {
+		for _, fromClient := range []bool{false, true} {
+			name := fmt.Sprintf("backend %d bytes", size)
+			if fromClient {
+				name = fmt.Sprintf("client %d bytes", size)
+			}
+			t.Run(name, func(t *testing.T) {
+				r := newRig(t, rigConfig{noRun: true})
+				src, dst, stream := r.backend, r.client, frameOfLen(t, size, false)
+				if fromClient {
+					src, dst, stream = r.client, r.backend, frameOfLen(t, size, true)
+				}
+				// Small streams are in the socket with their FIN before the
+				// session starts, so its first report carries both; a long
+				// one needs the session to read while it is written.
+				got := make(chan []byte, 1)
+				go func() {
+					b := make([]byte, len(stream))
+					n, _ := io.ReadFull(dst, b)
+					got <- b[:n]
+				}()
+				errc := writeAsync(t, src, stream, 0)
+				started := false
+				select {
+				case err := <-errc:
+					if err != nil {
+						t.Fatalf("writing the stream: %v", err)
+					}
+				case <-time.After(100 * time.Millisecond):
+					r.run(context.Background())
+					started = true
+					if err := <-errc; err != nil {
+						t.Fatalf("writing the stream: %v", err)
+					}
+				}
+				src.(*net.TCPConn).CloseWrite()
+				if !started {
+					r.run(context.Background())
+				}
+				if b := <-got; !bytes.Equal(b, stream) {
+					t.Fatalf("%d of %d bytes arrived, or not as sent", len(b), len(stream))
+				}
+				code, gone := 1014, "backend_gone"
+				if fromClient {
+					code, gone = 1001, "client_gone"
+				}
+				expectClose(t, dst, code, fromClient, false)
+				answerClose(t, dst, !fromClient)
+				expectEOF(t, dst)
+				if st := r.stats(t); st.Reason != gone || st.Err != nil {
+					t.Errorf("stats: %+v", st)
+				}
+			})
+		}
+	}
+}
+
+// frameOfLen returns one binary frame of exactly n bytes, header included,
+// masked when from the client.
+func frameOfLen(t *testing.T, n int, fromClient bool) []byte {
+	t.Helper()
+	extra := 0
+	if fromClient {
+		extra = 4 // the mask
+	}
+	for _, hdr := range []int{2, 4, 10} {
+		p := n - hdr - extra
+		if p < 0 {
+			continue
+		}
+		var f []byte
+		if fromClient {
+			f = cframe(opBinary, payloadOf(p))
+		} else {
+			f = bframe(opBinary, payloadOf(p))
+		}
+		if len(f) == n {
+			return f
+		}
+	}
+	t.Fatalf("no frame is %d bytes long", n)
+	return nil
 }

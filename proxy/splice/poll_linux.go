@@ -5,6 +5,7 @@ package splice
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -104,7 +105,7 @@ type watch struct {
 	reg    *Registration // instead of s and d: see Register
 	gen    uint32        // tells a registration from an earlier one in the same slot
 	inline bool          // the poller's goroutine serves d (see Session.serve)
-	hup    bool          // the report said the source hung up or failed
+	hup    hangup        // what the report said of the source's end
 }
 
 // poller owns the epoll instance and the goroutine waiting on it. The
@@ -218,8 +219,21 @@ const pollFlags = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 // (edge-triggered) for as long as the socket is registered.
 const inlineFlags = syscall.EPOLLIN | syscall.EPOLLRDHUP | -syscall.EPOLLET
 
-// hupFlags are the reports after which a source must be read to its end.
-const hupFlags = syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR
+// hangupOf says what a report's events tell of the source's end. An error
+// (a reset, say) waits behind the bytes queued before it, so a source that
+// failed is read until a read returns the error. A FIN, or both directions
+// shut down, with no error pending, is different: everything the peer sent
+// is queued already, so the first read that does not fill its buffer has
+// taken it all and the next could only return the end.
+func hangupOf(events uint32) hangup {
+	switch {
+	case events&syscall.EPOLLERR != 0:
+		return hupFailed
+	case events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP) != 0:
+		return hupFIN
+	}
+	return hupNone
+}
 
 // startPolled starts d under the hybrid driver and reports whether it could;
 // if not, the caller drives d with a goroutine for good. The session holds a
@@ -475,7 +489,7 @@ func (p *poller) wait() {
 				continue
 			}
 			if w, ok := p.lookup(t); ok {
-				hup := events[i].Events&hupFlags != 0
+				hup := hangupOf(events[i].Events)
 				if w.reg != nil {
 					w.reg.signal(hup)
 					continue
@@ -747,13 +761,13 @@ func (s *Session) unwatch(d *dir) {
 // ends. serve stops early when d's destination has bytes pending (d then
 // waits for them; see waitDst) and after maxTurns full buffers, reporting
 // that d should be served again after the others.
-func (s *Session) serve(d *dir, buf []byte, hup bool, now time.Time, rd *rawIO) (again bool) {
+func (s *Session) serve(d *dir, buf []byte, hup hangup, now time.Time, rd *rawIO) (again bool) {
 	if s.lim != nil {
 		now = time.Now() // a rate limit wants the time of each read
 	}
 	// A hang-up is remembered even when the report is not acted on now:
 	// the serve that follows a wait or the start reads to the end.
-	d.hup = d.hup || hup
+	d.hup = max(d.hup, hup)
 	for started := false; !started; {
 		switch st := d.ev.Load(); st {
 		case evIdle:
@@ -794,7 +808,7 @@ func (s *Session) serve(d *dir, buf []byte, hup bool, now time.Time, rd *rawIO) 
 		if s.waitDst(d) {
 			return false
 		}
-		if err == errWouldBlock || (n < len(buf) && !d.hup) {
+		if err == errWouldBlock || (n < len(buf) && d.hup == hupNone) {
 			break
 		}
 		if d.ev.Load() == evTorn {
@@ -802,6 +816,14 @@ func (s *Session) serve(d *dir, buf []byte, hup bool, now time.Time, rd *rawIO) 
 			// say): its sockets are closed, and a hung-up source need
 			// not be read to its end.
 			break
+		}
+		if n < len(buf) && d.hup == hupFIN {
+			// The FIN was queued before this read, which took all
+			// that came before it (see hangupOf): the source is at its
+			// end, and one read fewer finds it.
+			s.sourceDone(d, io.EOF)
+			s.dirDone(d)
+			return false
 		}
 		if turn == maxTurns {
 			again = true

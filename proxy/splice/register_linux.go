@@ -30,7 +30,7 @@ type Registration struct {
 	// unread: the last read filled its buffer, so the socket may hold
 	// more, which no report will announce (edge-triggered).
 	unread bool
-	hup    bool // a report said the socket hung up or failed; guarded by p.mu
+	hup    hangup // what the reports said of the socket's end; guarded by p.mu
 }
 
 // Register registers the socket of c, a plain TCP connection, with a
@@ -82,8 +82,8 @@ func (r *Registration) Wait(deadline time.Time) {
 func (r *Registration) SetUnread(maybe bool) { r.unread = maybe }
 
 // signal passes a report on to Wait. It is called with p.mu held.
-func (r *Registration) signal(hup bool) {
-	r.hup = r.hup || hup
+func (r *Registration) signal(hup hangup) {
+	r.hup = max(r.hup, hup)
 	select {
 	case r.ready <- struct{}{}:
 	default: // one is pending already
@@ -132,7 +132,7 @@ func (p *poller) adopt(r *Registration, s *Session, d *dir, again *bool) bool {
 	p.slots[i] = watch{s: s, d: d, gen: gen, inline: true}
 	d.token = r.token
 	// A hang-up reported already will not be again: d reads to the end.
-	d.hup = d.hup || r.hup
+	d.hup = max(d.hup, r.hup)
 	r.p = nil
 	*again = len(r.ready) > 0 || r.unread
 	return true

@@ -135,7 +135,7 @@ func TestRegistrationAdopted(t *testing.T) {
 				waitFor(t, "the report", func() bool {
 					p.mu.Lock()
 					defer p.mu.Unlock()
-					return len(reg.ready) > 0 && reg.hup == tt.hangUp
+					return len(reg.ready) > 0 && (reg.hup != hupNone) == tt.hangUp
 				})
 				if tt.drain {
 					<-reg.ready
