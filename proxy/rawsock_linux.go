@@ -50,6 +50,11 @@ type upstreamWait struct {
 	c   net.Conn
 	rc  *rawtcp.Conn         // c, when it waits in the poller
 	reg *splice.Registration // until released or taken
+	// fresh: nothing has been read yet. The socket was registered before
+	// the request went out, so the registration reports whatever comes
+	// (the answer cannot be there before the request), and the first
+	// read waits before it tries: trying first would only find nothing.
+	fresh bool
 }
 
 // waitInSplice prepares c, the connection of an upgrade exchange, to wait
@@ -62,12 +67,17 @@ func waitInSplice(c net.Conn, inline bool) *upstreamWait {
 		if w.reg = splice.Register(rc); w.reg != nil {
 			w.rc = rc
 			rc.SetReadWait(w.reg.Wait)
+			w.fresh = true
 		}
 	}
 	return w
 }
 
 func (w *upstreamWait) Read(p []byte) (int, error) {
+	if w.fresh && w.rc != nil {
+		w.fresh = false
+		w.rc.AwaitRead() // a closed connection: the read says so
+	}
 	n, err := w.c.Read(p)
 	if w.reg != nil {
 		w.reg.SetUnread(n == len(p))

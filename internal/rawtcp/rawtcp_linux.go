@@ -415,6 +415,20 @@ func rawIO(rc syscall.RawConn, c *Conn, p []byte, write bool) (int, error) {
 // when it began waiting. It must not be called while a call on c runs.
 func (c *Conn) SetReadWait(fn func(deadline time.Time)) { c.readWait = fn }
 
+// AwaitRead waits in the wait that SetReadWait set, as a read that found
+// the socket empty would, and returns at once without one. It is for a
+// caller that knows the socket is empty (it has just sent the request
+// whose answer it awaits): the read that would find nothing is saved. The
+// wait must then also return once the socket may have become readable
+// since it was set. The read deadline applies; AwaitRead fails with
+// net.ErrClosed once Close has begun.
+func (c *Conn) AwaitRead() error {
+	if c.readWait == nil || c.hasF.Load() {
+		return nil
+	}
+	return c.waitElsewhere()
+}
+
 // Read reads once into p, as net.Conn's Read does.
 func (c *Conn) Read(p []byte) (n int, err error) {
 	done := false

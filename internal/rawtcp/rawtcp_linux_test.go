@@ -307,6 +307,23 @@ func TestReadWait(t *testing.T) {
 				t.Error("a connection that waited with SetReadWait has a file")
 			}
 
+			// AwaitRead waits as that read did, and reads nothing: what
+			// comes is left for the read after it.
+			go func() {
+				time.Sleep(20 * time.Millisecond)
+				peer.Write([]byte("second"))
+			}()
+			start = time.Now()
+			if err := c.AwaitRead(); err != nil {
+				t.Fatalf("AwaitRead: %v", err)
+			}
+			if d := time.Since(start); d < 15*time.Millisecond {
+				t.Errorf("AwaitRead returned after %v, before anything was sent", d)
+			}
+			if n, err := c.Read(buf); err != nil || string(buf[:n]) != "second" {
+				t.Fatalf("read after AwaitRead: %q, %v; want what came", buf[:n], err)
+			}
+
 			closed := make(chan struct{})
 			go func() {
 				time.Sleep(20 * time.Millisecond)
@@ -323,6 +340,13 @@ func TestReadWait(t *testing.T) {
 			<-closed
 			if c.hasF.Load() {
 				t.Error("a connection that waited with SetReadWait has a file")
+			}
+			if err := c.AwaitRead(); !errors.Is(err, net.ErrClosed) {
+				t.Errorf("AwaitRead after Close: %v, want net.ErrClosed", err)
+			}
+			c.SetReadWait(nil)
+			if err := c.AwaitRead(); err != nil {
+				t.Errorf("AwaitRead without a wait: %v, want nil at once", err)
 			}
 		})
 	}
