@@ -50,10 +50,11 @@ type upstreamWait struct {
 	c   net.Conn
 	rc  *rawtcp.Conn         // c, when it waits in the poller
 	reg *splice.Registration // until released or taken
-	// fresh: nothing has been read yet. The socket was registered before
-	// the request went out, so the registration reports whatever comes
-	// (the answer cannot be there before the request), and the first
-	// read waits before it tries: trying first would only find nothing.
+	// fresh: nothing has been read yet, and rc waits in the poller. The
+	// socket was registered before the request went out, so the
+	// registration reports whatever comes (the answer cannot be there
+	// before the request), and the first read waits before it tries:
+	// trying first would only find nothing.
 	fresh bool
 }
 
@@ -74,7 +75,7 @@ func waitInSplice(c net.Conn, inline bool) *upstreamWait {
 }
 
 func (w *upstreamWait) Read(p []byte) (int, error) {
-	if w.fresh && w.rc != nil {
+	if w.fresh {
 		w.fresh = false
 		w.rc.AwaitRead() // a closed connection: the read says so
 	}
@@ -91,6 +92,7 @@ func (w *upstreamWait) stop() {
 		w.rc.SetReadWait(nil)
 		w.rc = nil
 	}
+	w.fresh = false
 }
 
 // release takes the socket out of the poller, for a connection that does
