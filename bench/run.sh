@@ -637,6 +637,26 @@ spread() {
 			if (med == 0) print "-"; else printf "%.0f%%\n", (a[NR] - a[1]) / med * 100 }'
 }
 
+# per_round METRIC BETTER: the sluice / nginx ratio of each round that has
+# both figures, as "lowest-highest" and in how many rounds sluice was ahead
+# (BETTER is "higher" or "lower"). On a noisy machine the ratio of medians
+# can land on either side of 1.0; the range says how far to trust it.
+per_round() {
+	awk -F'\t' -v m="$1" -v better="$2" '$3 == m && $4 != "nan" && ($2 == "nginx" || $2 == "sluice") { v[$1, $2] = $4; r[$1] = 1 }
+		END {
+			n = 0; ahead = 0
+			for (k in r) {
+				if (!((k, "nginx") in v) || !((k, "sluice") in v) || v[k, "nginx"] == 0) continue
+				x = v[k, "sluice"] / v[k, "nginx"]
+				if (n == 0 || x < lo) lo = x
+				if (n == 0 || x > hi) hi = x
+				n++
+				if ((better == "higher" && x >= 1) || (better == "lower" && x <= 1)) ahead++
+			}
+			if (n < 2) print "-"; else printf "%.2f-%.2f %d/%d\n", lo, hi, ahead, n
+		}' "$RESULTS"
+}
+
 fmt() { # fmt VALUE: 3 significant figures, or "-"
 	awk -v v="$1" 'BEGIN { if (v == "-" || v == "") print "-"; else if (v >= 1000) printf "%.0f\n", v; else if (v >= 100) printf "%.1f\n", v; else printf "%.3g\n", v }'
 }
@@ -676,21 +696,24 @@ METRICS=(
 	echo "         backend (GOMAXPROCS=1) and load generators on CPU $LOAD_CPU; access logs off in both proxies"
 	echo "idle sessions: $SESSIONS$SESSIONS_NOTE; durations: GET ${GET_SECS}s, 1 MiB ${BIG_SECS}s, WS echo ${WS_SECS}s, WS 64 KiB ${BULK_SECS}s, handshakes ${HS_SECS}s"
 	echo
-	printf '%-46s %10s %10s %10s %8s %8s %12s\n' "metric" "direct" "nginx" "sluice" "sl/ngx" "dir/ngx" "spread n/s"
-	printf '%-46s %10s %10s %10s %8s %8s %12s\n' "------" "------" "-----" "------" "------" "-------" "----------"
+	printf '%-46s %10s %10s %10s %8s %14s %8s %12s\n' "metric" "direct" "nginx" "sluice" "sl/ngx" "sl/ngx rounds" "dir/ngx" "spread n/s"
+	printf '%-46s %10s %10s %10s %8s %14s %8s %12s\n' "------" "------" "-----" "------" "------" "-------------" "-------" "----------"
 	for entry in "${METRICS[@]}"; do
 		m=${entry%%|*} label=${entry#*|}
 		d=$(median "$m" direct) n=$(median "$m" nginx) s=$(median "$m" sluice)
 		if [[ $m == *_busy ]]; then
 			# Context, not a figure to compare: no ratios.
-			printf '%-46s %10s %10s %10s %8s %8s %12s\n' "$label" "$(fmt "$d")" "$(fmt "$n")" "$(fmt "$s")" - - -
+			printf '%-46s %10s %10s %10s %8s %14s %8s %12s\n' "$label" "$(fmt "$d")" "$(fmt "$n")" "$(fmt "$s")" - - - -
 			continue
 		fi
-		printf '%-46s %10s %10s %10s %8s %8s %12s\n' "$label" "$(fmt "$d")" "$(fmt "$n")" "$(fmt "$s")" \
-			"$(ratio "$s" "$n")" "$(ratio "$d" "$n")" "$(spread "$m" nginx)/$(spread "$m" sluice)"
+		better=higher
+		[[ $label == *"(lower"* ]] && better=lower
+		printf '%-46s %10s %10s %10s %8s %14s %8s %12s\n' "$label" "$(fmt "$d")" "$(fmt "$n")" "$(fmt "$s")" \
+			"$(ratio "$s" "$n")" "$(per_round "$m" "$better")" "$(ratio "$d" "$n")" "$(spread "$m" nginx)/$(spread "$m" sluice)"
 	done
 	echo
 	echo "sl/ngx = sluice / nginx, dir/ngx = direct / nginx (direct runs backend and load generator on one CPU);"
+	echo "sl/ngx rounds = the lowest and highest sluice / nginx ratio of a single round, and in how many rounds sluice was ahead;"
 	echo "a load CPU near 100 % busy bounds the rate above it: the proxy then moves it only through its latency."
 	echo "spread = (max - min) / median over the rounds, nginx/sluice. Idle RSS before the sessions: nginx $(fmt "$(median idle_rss0_mib nginx)") MiB, sluice $(fmt "$(median idle_rss0_mib sluice)") MiB."
 	errs=$(awk -F'\t' '$3 == "errors" && $4 > 0 {print $2 " round " $1 ": " $4}' "$RESULTS" | sort -u | paste -sd';' -)
