@@ -64,9 +64,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "trust":
 		return cmdTrust(args, stdout, stderr)
 	case "version", "-version", "--version":
+		if len(args) > 0 {
+			// A stray word is a typo or a misplaced option: say so
+			// rather than ignore it, as the other commands do.
+			fmt.Fprintf(stderr, "sluice version: unexpected argument %q\n", args[0])
+			return exitUsage
+		}
 		fmt.Fprintln(stdout, "sluice", versionString())
 		return exitOK
 	case "help", "-h", "-help", "--help":
+		// "sluice help run" gets the one page, which covers every command.
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	}

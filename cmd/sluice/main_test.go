@@ -68,6 +68,8 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"frobnicate"}, 2, "", "unknown command"},
 		{[]string{}, 2, "", "Usage:"},
 		{[]string{"version"}, 0, "sluice ", ""},
+		{[]string{"version", "extra"}, 2, "", "sluice version: unexpected argument \"extra\""},
+		{[]string{"help", "run"}, 0, "sluice demo", ""},
 		{[]string{"help"}, 0, "sluice demo", ""},
 	}
 	for _, tt := range tests {
