@@ -651,7 +651,7 @@ per_round() {
 				if (n == 0 || x < lo) lo = x
 				if (n == 0 || x > hi) hi = x
 				n++
-				if ((better == "higher" && x >= 1) || (better == "lower" && x <= 1)) ahead++
+				if ((better == "higher" && x > 1) || (better == "lower" && x < 1)) ahead++
 			}
 			if (n < 2) print "-"; else printf "%.2f-%.2f %d/%d\n", lo, hi, ahead, n
 		}' "$RESULTS"
