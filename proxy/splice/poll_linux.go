@@ -65,12 +65,11 @@ import (
 // rate limit can make a direction wait (Session.inline), both directions are
 // registered edge-triggered for good when the session starts (the backend's
 // socket may come registered already, from its wait for the answer to the
-// upgrade: see Registration), and the
-// poller's goroutine itself reads each readable source into its own buffer
-// and handles the frames, as nginx's event loop does: no goroutine, no park
-// and wake-up, and no read that meets EAGAIN after each frame (a read that
-// returns less than the buffer has emptied the socket, and the next arrival
-// is reported again). Writes to the peers never block there: what a peer
+// upgrade: see Registration), and the poller's goroutine itself reads each
+// readable source into its own buffer and handles the frames, as nginx's
+// event loop does: no goroutine, no park and wake-up, and no read that
+// meets EAGAIN after each frame (a read that returns less than the buffer
+// has emptied the socket, and the next arrival is reported again). Writes to the peers never block there: what a peer
 // cannot take at once waits in its pending buffer, a goroutine of the
 // session drains it (peer.go), and the direction feeding that peer reads
 // nothing more until it is drained (evWaiting).
@@ -757,8 +756,9 @@ func (s *Session) unwatch(d *dir) {
 // serve handles an inline direction on the poller's goroutine: it reads
 // what d's source holds into buf and handles it, never blocking. A read that
 // does not fill buf has emptied the socket (edge-triggered epoll reports the
-// next arrival), unless the source hung up (hup), when it is read until it
-// ends. serve stops early when d's destination has bytes pending (d then
+// next arrival). After a FIN (hupFIN) that read also ends the direction;
+// after an error (hupFailed) the source is read until a read returns it.
+// serve stops early when d's destination has bytes pending (d then
 // waits for them; see waitDst) and after maxTurns full buffers, reporting
 // that d should be served again after the others.
 func (s *Session) serve(d *dir, buf []byte, hup hangup, now time.Time, rd *rawIO) (again bool) {
