@@ -113,20 +113,36 @@ func shutdownRig(t *testing.T, r *rig) Stats {
 
 // TestBusySessionNeverParks checks the point of the hybrid driver: a session
 // that keeps exchanging messages stays on its goroutines and never enters
-// the epoll set, across several quiet periods.
+// the epoll set, across several quiet periods. A machine that stalls the
+// test for a large part of a quiet period (a loaded CI runner) makes a
+// park legitimate: such a run is repeated, and only a park between echoes
+// that came quickly is a failure.
 func TestBusySessionNeverParks(t *testing.T) {
 	const quiet = 300 * time.Millisecond
-	r := newRig(t, rigConfig{quiet: quiet, hybrid: true})
-	for i, end := 0, time.Now().Add(4*quiet); time.Now().Before(end); i++ {
-		echo(t, r, i)
+	for attempt := 1; attempt <= 3; attempt++ {
+		r := newRig(t, rigConfig{quiet: quiet, hybrid: true})
+		var gap time.Duration // the longest wait from one echo to the next
+		last := time.Now()
+		for i, end := 0, last.Add(4*quiet); time.Now().Before(end); i++ {
+			echo(t, r, i)
+			now := time.Now()
+			gap, last = max(gap, now.Sub(last)), now
+		}
+		if st := shutdownRig(t, r); st.Reason != "shutdown" {
+			t.Errorf("stats: %+v", st)
+		}
+		// Run has returned: nothing of the session runs any more.
+		parked := r.s.c2b.token != 0 || r.s.b2c.token != 0
+		switch {
+		case !parked:
+			return
+		case gap < quiet/2:
+			t.Fatalf("a busy direction was parked (tokens %#x, %#x); the longest gap between echoes was %v", r.s.c2b.token, r.s.b2c.token, gap)
+		default:
+			t.Logf("attempt %d: parked after a %v stall of the test, against a quiet period of %v; again", attempt, gap, quiet)
+		}
 	}
-	if st := shutdownRig(t, r); st.Reason != "shutdown" {
-		t.Errorf("stats: %+v", st)
-	}
-	// Run has returned: nothing of the session runs any more.
-	if r.s.c2b.token != 0 || r.s.b2c.token != 0 {
-		t.Errorf("a busy direction was parked (tokens %#x, %#x)", r.s.c2b.token, r.s.b2c.token)
-	}
+	t.Skip("the machine stalled the test past half a quiet period three times: no verdict")
 }
 
 // TestParkAndWake checks that quiet directions let go of their goroutines,
