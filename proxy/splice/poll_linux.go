@@ -69,10 +69,11 @@ import (
 // readable source into its own buffer and handles the frames, as nginx's
 // event loop does: no goroutine, no park and wake-up, and no read that
 // meets EAGAIN after each frame (a read that returns less than the buffer
-// has emptied the socket, and the next arrival is reported again). Writes to the peers never block there: what a peer
-// cannot take at once waits in its pending buffer, a goroutine of the
-// session drains it (peer.go), and the direction feeding that peer reads
-// nothing more until it is drained (evWaiting).
+// has emptied the socket, and the next arrival is reported again). Writes
+// to the peers never block there: what a peer cannot take at once waits in
+// its pending buffer, a goroutine of the session drains it (peer.go), and
+// the direction feeding that peer reads nothing more until it is drained
+// (evWaiting).
 //
 // There is one poller per P (GOMAXPROCS at first use), and sessions are
 // spread over them in turn, so that inline sessions use every core as
