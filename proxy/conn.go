@@ -232,6 +232,22 @@ type serverConn struct {
 	gone   atomic.Bool
 	hangUp *hangUpWatch // made at the first exchange that forwards
 
+	// The request body streams to the upstream from a goroutine of its
+	// own (see streamBody) while the connection's goroutine waits for the
+	// answer. bodyRunning: it was started and not yet joined (owned by the
+	// connection's goroutine); bodyDone: its result; bodyRace: who came
+	// first, the end of the body or the answer's head (bodyWaiting,
+	// bodyFirst, headFirst); bodyAbort: stop at the next read or write.
+	bodyRunning bool
+	bodySent    int64 // body bytes read, written by the body's goroutine
+	bodyDone    chan error
+	bodyRace    atomic.Int32
+	bodyAbort   atomic.Bool
+
+	// linger: the connection closes with request bytes that may still be
+	// coming, so its close waits for them (lingerClose).
+	linger bool
+
 	// adapted: a request went through net/http types (serveHandler),
 	// whose goroutines may outlive the connection, so its state is not
 	// reused.
@@ -257,7 +273,7 @@ func (sc *serverConn) recycle() {
 	if w != nil {
 		w.target.Store(nil)
 	}
-	*sc = serverConn{req: sc.req, resp: sc.resp, out: out, up: up, hangUp: w}
+	*sc = serverConn{req: sc.req, resp: sc.resp, out: out, up: up, hangUp: w, bodyDone: sc.bodyDone}
 	conns.Put(sc)
 }
 
@@ -400,6 +416,9 @@ func (sc *serverConn) serve() {
 		if sc.state.Load() == connHijacked {
 			return // the reader went with the connection
 		}
+		if sc.linger && !sc.s.isClosing() {
+			sc.lingerClose()
+		}
 		sc.c.Close()
 		sc.br.Reset(nil)
 		readers.Put(sc.br)
@@ -441,6 +460,41 @@ func (sc *serverConn) serve() {
 			return
 		}
 		if !sc.state.CompareAndSwap(connActive, connIdle) {
+			return
+		}
+	}
+}
+
+// Lingering close: a connection closed while its client still sends (the
+// rest of a body that was answered without being read) would reset, and a
+// reset can destroy the answer before the client reads it. So the write
+// side closes first, and what the client still sends is read and dropped
+// until it closes too, for at most lingerTime, and lingerRead between two
+// reads (nginx: lingering_time, lingering_timeout).
+const (
+	lingerTime = 10 * time.Second
+	lingerRead = 2 * time.Second
+)
+
+func (sc *serverConn) lingerClose() {
+	cw, ok := sc.c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	bufp := copyBuffers.Get()
+	defer copyBuffers.Put(bufp)
+	end := time.Now().Add(lingerTime)
+	for {
+		now := time.Now()
+		if !now.Before(end) {
+			return
+		}
+		t := now.Add(lingerRead)
+		if t.After(end) {
+			t = end
+		}
+		sc.c.SetReadDeadline(t)
+		if _, err := sc.c.Read(bufp); err != nil {
 			return
 		}
 	}

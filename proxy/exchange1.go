@@ -47,7 +47,7 @@ func (sc *serverConn) exchange() bool {
 		x.info.reason = "connect_refused"
 		sc.writeError(x, 405, "CONNECT is not supported", !sc.bodyless(), "Allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n")
 		completed = true
-		return sc.bodyless()
+		return sc.bodyless() && !req.Close
 	}
 	tgt, ok := parseTarget(req)
 	if !ok {
@@ -97,7 +97,7 @@ func (sc *serverConn) exchange() bool {
 		keep = sc.forward(x, &tgt)
 	}
 	completed = true
-	return keep
+	return keep && !req.Close
 }
 
 // finish accounts for x once: in metrics and the access log.
@@ -309,20 +309,44 @@ func (sc *serverConn) roundTrip(x *exchange, pc *h1Conn, u *upstream, tgt *targe
 				return &clientError{err}
 			}
 		}
-		if err := sc.sendBody(x, pc, cfg.MaxBody); err != nil {
-			return err
+		// The body streams from a goroutine of its own while this one
+		// waits for the answer: an upstream may answer before it has
+		// read the whole body (an early 413, or a response that streams
+		// back what it reads), and must not wait on us while we wait on
+		// it.
+		if sc.bodyDone == nil {
+			sc.bodyDone = make(chan error, 1)
 		}
-	}
-	// From here on the client is only waited on: learn if it hangs up.
-	sc.watch(pc)
-	// response_header counts from the end of the request.
-	if d := tr.responseHeader; d > 0 {
-		pc.c.SetReadDeadline(time.Now().Add(d))
+		sc.bodyRace.Store(bodyWaiting)
+		sc.bodyAbort.Store(false)
+		sc.bodySent = 0
+		sc.bodyRunning = true
+		// x stays with this goroutine (and on its stack): the body's
+		// goroutine counts in sc.bodySent, which joinBody adds to x.
+		go sc.streamBody(pc, cfg.MaxBody, tr.responseHeader)
+	} else {
+		// From here on the client is only waited on: learn if it hangs up.
+		sc.watch(pc)
+		// response_header counts from the end of the request.
+		if d := tr.responseHeader; d > 0 {
+			pc.c.SetReadDeadline(time.Now().Add(d))
+		}
 	}
 	first := true
 	for {
 		err := h1.ReadResponse(pc.br, &sc.resp, req.Method, MaxHeaderBytes)
 		if err != nil {
+			if sc.bodyRunning {
+				// A failure of the body (too large, malformed, the
+				// client gone) is what ended the wait: it is the one to
+				// answer.
+				var ce *clientError
+				var ue *upstreamError
+				berr := sc.joinBody(x, pc, true)
+				if errors.As(berr, &ce) || errors.As(berr, &ue) && isTimeout(ue.err) {
+					return berr
+				}
+			}
 			switch {
 			case isTimeout(err):
 				return &upstreamError{504, "upstream_timeout", "upstream did not answer in time", err}
@@ -338,12 +362,93 @@ func (sc *serverConn) roundTrip(x *exchange, pc *h1Conn, u *upstream, tgt *targe
 			break
 		}
 		if sc.resp.Status == 101 {
+			sc.joinBody(x, pc, true)
 			return &upstreamError{502, "upstream_bad_upgrade", "bad gateway", errors.New("upstream switched protocols on a plain request")}
 		}
 		// 100 Continue, 103 Early Hints: not relayed.
 	}
+	if sc.bodyRunning && !sc.bodyRace.CompareAndSwap(bodyWaiting, headFirst) {
+		// The body ended first: it is done, or failed.
+		var ce *clientError
+		if berr := sc.joinBody(x, pc, false); errors.As(berr, &ce) {
+			return berr
+		}
+		// An upstream error (it stopped reading) leaves the answer it
+		// gave to relay, on a client connection that cannot be reused.
+	}
+	// headFirst: relay streams the answer while the body still goes out,
+	// and joins it at the end.
 	pc.c.SetReadDeadline(time.Time{})
 	return nil
+}
+
+// Orders of the body's end and the answer's head (serverConn.bodyRace).
+const (
+	bodyWaiting int32 = iota
+	bodyFirst
+	headFirst
+)
+
+// ioTimeout bounds each wait of a streamed body: for the next bytes of the
+// client's request body, for the upstream to take the next bytes of it, and
+// for the client to take the next bytes of the answer's body. It is
+// nginx's client_body_timeout, proxy_send_timeout and send_timeout (all
+// 60 s). Tests shorten it (nanoseconds).
+var ioTimeout atomic.Int64
+
+func init() { ioTimeout.Store(int64(60 * time.Second)) }
+
+// errBodyTimeout: the client's body stalled for ioTimeout.
+var errBodyTimeout = errors.New("request body timed out")
+
+// streamBody sends the client's body to the upstream and hands the result
+// to bodyDone. When the body ends before the answer's head came, it starts
+// the wait for the answer as a body sent with the head would: the hang-up
+// watch and the response_header deadline; when the body fails on the
+// client's side, it wakes the wait so that the failure is answered.
+func (sc *serverConn) streamBody(pc *h1Conn, maxBody int64, responseHeader time.Duration) {
+	err := sc.sendBody(pc, maxBody)
+	if sc.bodyRace.CompareAndSwap(bodyWaiting, bodyFirst) {
+		var ce *clientError
+		switch {
+		case err == errBodyAborted:
+		case err == nil:
+			sc.watch(pc)
+			if responseHeader > 0 {
+				pc.c.SetReadDeadline(time.Now().Add(responseHeader))
+			}
+		case errors.As(err, &ce) || isTimeout(err):
+			// A body that failed on the client's side, or one that the
+			// upstream stopped taking for ioTimeout, ends the wait.
+			pc.c.SetReadDeadline(time.Unix(1, 0))
+		default:
+			// The upstream stopped taking the body; it may still
+			// answer (an early 413 and a close).
+			if responseHeader > 0 {
+				pc.c.SetReadDeadline(time.Now().Add(responseHeader))
+			}
+		}
+	}
+	sc.bodyDone <- err
+}
+
+// joinBody waits for the body's goroutine, if one runs, counts what it
+// sent in x, and returns its result; abort first makes it stop at its
+// next read or write.
+func (sc *serverConn) joinBody(x *exchange, pc *h1Conn, abort bool) error {
+	if !sc.bodyRunning {
+		return nil
+	}
+	sc.bodyRunning = false
+	if abort {
+		sc.bodyAbort.Store(true)
+		past := time.Unix(1, 0)
+		pc.c.SetWriteDeadline(past)
+		sc.c.SetReadDeadline(past)
+	}
+	err := <-sc.bodyDone
+	x.body.n += sc.bodySent
+	return err
 }
 
 func isReset(err error) bool {
@@ -351,12 +456,39 @@ func isReset(err error) bool {
 }
 
 // sendBody streams the client's body to the upstream, chunked when it
-// came chunked, enforcing max_body.
-func (sc *serverConn) sendBody(x *exchange, pc *h1Conn, maxBody int64) error {
+// came chunked, enforcing max_body. Each read of the body and each write
+// of it has ioTimeout. It runs on its own goroutine (streamBody), which
+// joinBody can stop: each deadline is set before the abort flag is
+// looked at, so that an abort's deadline in the past is never replaced
+// by a later one.
+func (sc *serverConn) sendBody(pc *h1Conn, maxBody int64) (err error) {
 	bufp := copyBuffers.Get()
 	defer copyBuffers.Put(bufp)
+	timeout := time.Duration(ioTimeout.Load())
+	defer func() {
+		if !sc.bodyAbort.Load() {
+			sc.c.SetReadDeadline(time.Time{})
+			pc.c.SetWriteDeadline(time.Time{})
+		}
+	}()
 	chunked := sc.req.Chunked
 	const pre = 18 // room for a chunk-size line: 16 hex digits and CRLF
+	write := func(out []byte) error {
+		pc.c.SetWriteDeadline(time.Now().Add(timeout))
+		if sc.bodyAbort.Load() {
+			return errBodyAborted
+		}
+		if _, err := pc.c.Write(out); err != nil {
+			switch {
+			case sc.bodyAbort.Load():
+				return errBodyAborted
+			case isTimeout(err):
+				return &upstreamError{504, "upstream_timeout", "upstream did not read the request in time", err}
+			}
+			return &upstreamError{502, "upstream_error", "bad gateway", err}
+		}
+		return nil
+	}
 	for {
 		var p []byte
 		if chunked {
@@ -364,33 +496,47 @@ func (sc *serverConn) sendBody(x *exchange, pc *h1Conn, maxBody int64) error {
 		} else {
 			p = bufp
 		}
+		if sc.br.Buffered() == 0 {
+			sc.c.SetReadDeadline(time.Now().Add(timeout))
+		}
+		if sc.bodyAbort.Load() {
+			return errBodyAborted
+		}
 		n, rerr := sc.body.Read(p)
 		if n > 0 {
-			x.body.n += int64(n)
-			if maxBody > 0 && x.body.n > maxBody {
+			sc.bodySent += int64(n)
+			if maxBody > 0 && sc.bodySent > maxBody {
 				return &clientError{errBodyTooLarge}
 			}
 			out := p[:n]
 			if chunked {
 				out = appendChunk(bufp, pre, n)
 			}
-			if _, err := pc.c.Write(out); err != nil {
-				return &upstreamError{502, "upstream_error", "bad gateway", err}
+			if err := write(out); err != nil {
+				return err
 			}
 		}
 		if rerr == io.EOF {
 			if chunked {
-				if _, err := pc.c.Write([]byte("0\r\n\r\n")); err != nil {
-					return &upstreamError{502, "upstream_error", "bad gateway", err}
-				}
+				return write([]byte("0\r\n\r\n"))
 			}
 			return nil
 		}
 		if rerr != nil {
+			if sc.bodyAbort.Load() {
+				return errBodyAborted
+			}
+			if isTimeout(rerr) {
+				return &clientError{errBodyTimeout}
+			}
 			return &clientError{rerr}
 		}
 	}
 }
+
+// errBodyAborted: joinBody stopped the body, as the exchange was over;
+// the exchange's own outcome is what counts.
+var errBodyAborted = errors.New("request body abandoned: the exchange ended")
 
 // appendChunk frames the n payload bytes at buf[pre:] as one chunk, in
 // place, and returns the framed bytes.
@@ -418,6 +564,9 @@ func (sc *serverConn) failed(x *exchange, err error) bool {
 		if errors.Is(ce.err, h1.ErrBadChunk) {
 			x.info.reason = "bad_request"
 			sc.writeError(x, 400, "malformed chunked request body", true, "")
+		} else if ce.err == errBodyTimeout {
+			x.info.reason = "body_timeout"
+			sc.writeError(x, 408, "request body timed out", true, "")
 		} else {
 			x.info.reason = "client_gone"
 			x.rec.status = statusClientGone
@@ -439,7 +588,14 @@ func (sc *serverConn) relay(x *exchange, pc *h1Conn, tr *h1Transport) bool {
 	defer sc.stopWatch()
 	req, resp := &sc.req, &sc.resp
 	route := x.route
-	keep := !req.Close && sc.body.Done() && !sc.s.isClosing()
+	// duplex: the answer came while the body was still going out (an
+	// early answer, or one that streams back what it reads, or the
+	// body's last write still returning). The body goes on while the
+	// answer is relayed, and is waited for at the end; if it did not all
+	// go out, both connections close then.
+	duplex := sc.bodyRunning
+	defer sc.joinBody(x, pc, true) // on failures: stop the body
+	keep := !req.Close && (duplex || sc.body.Done()) && !sc.s.isClosing()
 	chunkOut := false
 	b := h1.AppendStatusLine(sc.out[:0], resp.Status, resp.Reason)
 	b = route.appendResponseFields(b, resp)
@@ -477,7 +633,7 @@ func (sc *serverConn) relay(x *exchange, pc *h1Conn, tr *h1Transport) bool {
 		}
 	}
 	sc.out = b
-	if upDone {
+	if upDone && !duplex {
 		sc.finish(x) // the whole answer is in b: account before sending it
 	}
 	if _, err := sc.c.Write(b); err != nil {
@@ -492,7 +648,14 @@ func (sc *serverConn) relay(x *exchange, pc *h1Conn, tr *h1Transport) bool {
 			return false
 		}
 	}
-	if tr == nil || resp.Close || pc.br.Buffered() > 0 {
+	// An upstream that closes after its answer reads no more: the rest
+	// of the body is stopped rather than waited for.
+	sc.joinBody(x, pc, resp.Close)
+	if !sc.body.Done() {
+		sc.linger = true // the client may still be sending its body
+		keep = false
+	}
+	if tr == nil || resp.Close || !sc.body.Done() || pc.br.Buffered() > 0 {
 		pc.close()
 	} else {
 		tr.put(pc)
@@ -500,10 +663,14 @@ func (sc *serverConn) relay(x *exchange, pc *h1Conn, tr *h1Transport) bool {
 	return keep
 }
 
-// relayBody streams the upstream's body to the client.
+// relayBody streams the upstream's body to the client. Each write has
+// ioTimeout: a client that stops reading does not hold the upstream
+// connection for good.
 func (sc *serverConn) relayBody(x *exchange, pc *h1Conn, chunkOut bool) error {
 	bufp := copyBuffers.Get()
 	defer copyBuffers.Put(bufp)
+	timeout := time.Duration(ioTimeout.Load())
+	defer sc.c.SetWriteDeadline(time.Time{})
 	const pre = 18
 	for {
 		var p []byte
@@ -518,8 +685,12 @@ func (sc *serverConn) relayBody(x *exchange, pc *h1Conn, chunkOut bool) error {
 			if chunkOut {
 				out = appendChunk(bufp, pre, n)
 			}
+			sc.c.SetWriteDeadline(time.Now().Add(timeout))
 			if _, err := sc.c.Write(out); err != nil {
 				x.info.err, x.info.reason = err, "client_gone"
+				if isTimeout(err) {
+					x.info.reason = "client_timeout"
+				}
 				return err
 			}
 			x.rec.written += int64(n)
@@ -696,9 +867,13 @@ func appendJoin(b []byte, base string, p []byte) []byte {
 // the route's response header rules.
 func (route *Route) appendResponseFields(b []byte, resp *h1.Response) []byte {
 	hasConnection := resp.Header.Has("Connection")
+	hasDate := false
 	for _, f := range resp.Header {
 		if hopByHop(f.Name) {
 			continue
+		}
+		if len(f.Name) == 4 && h1.EqualFold(f.Name, "Date") {
+			hasDate = true
 		}
 		if h1.EqualFold(f.Name, "Content-Length") && !resp.NoBody {
 			continue
@@ -709,6 +884,13 @@ func (route *Route) appendResponseFields(b []byte, resp *h1.Response) []byte {
 		b = append(b, f.Name...)
 		b = append(b, ": "...)
 		b = append(b, f.Value...)
+		b = append(b, "\r\n"...)
+	}
+	if !hasDate {
+		// A proxy forwarding a response without a date adds one (RFC
+		// 9110 6.6.1), as nginx does.
+		b = append(b, "Date: "...)
+		b = appendDate(b)
 		b = append(b, "\r\n"...)
 	}
 	for _, kv := range route.respSet {
@@ -795,8 +977,17 @@ func (sc *serverConn) writeError(x *exchange, status int, msg string, closeConn 
 	if sc.s.opts.ExtraHeader != nil {
 		b = sc.s.opts.ExtraHeader(b)
 	}
+	// A client that asked to close (or an HTTP/1.0 one that did not ask
+	// to keep the connection) is answered and closed, as for a relayed
+	// answer; an HTTP/1.0 one that did ask is told the connection stays.
+	closeConn = closeConn || sc.req.Close
+	if closeConn && sc.req.Method != nil && !sc.bodyless() {
+		sc.linger = true // the body may still be coming
+	}
 	if closeConn {
 		b = append(b, "Connection: close\r\n"...)
+	} else if sc.req.Minor == 0 {
+		b = append(b, "Connection: keep-alive\r\n"...)
 	}
 	b = append(b, "\r\n"...)
 	if string(sc.req.Method) != "HEAD" {

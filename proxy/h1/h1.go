@@ -364,6 +364,9 @@ func (req *Request) frame() error {
 	// HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes
 	// it unless asked to keep it.
 	req.Close = closeTok || (req.Minor == 0 && !keepAlive)
+	// An HTTP/1.0 client cannot be sent 1xx responses, so its expectation
+	// is ignored (RFC 9110 10.1.1, 15.2): it sends its body anyway.
+	req.Continue = req.Continue && req.Minor == 1
 	return nil
 }
 
