@@ -168,6 +168,13 @@ func (s *Session) flushPendingLocked(p *peer, now time.Time) (closedNow bool, er
 		copy(pl[:], pingMagic[:])
 		binary.BigEndian.PutUint32(pl[4:], seq)
 		// Sent before it is written: the answer may be read before Write returns.
+		if now.IsZero() {
+			now = time.Now()
+		}
+		s.pingAt.Store(int64(now.Sub(s.start)))
+		s.pingFrom.Store(s.c2b.bytes.Load())
+		acked, _ := ackedBytes(p.conn)
+		s.pingAcked.Store(acked)
 		s.pingSent.Store(seq)
 		if err := s.writeLocked(p, p.frame(ws.OpPing, pl[:]), now); err != nil {
 			return false, err

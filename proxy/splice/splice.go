@@ -95,8 +95,10 @@ type Options struct {
 	// it swallows do not count as traffic. 0 = never.
 	IdleTimeout time.Duration
 	// PingInterval makes the proxy ping the client this often. The pongs that
-	// answer those pings are not forwarded; a client that has not answered a
-	// ping by the next tick is closed (1001 both ways). 0 = no pings.
+	// answer those pings are not forwarded. A client that has not answered a
+	// ping an interval after it went out, and meanwhile neither sent bytes
+	// nor acknowledged any (it may be busy sending or reading one long
+	// frame), is closed (1001 both ways). 0 = no pings.
 	PingInterval time.Duration
 	// AllowRSV1 says permessage-deflate was negotiated: RSV1 may be set on
 	// the first frame of a data message. Otherwise any RSV bit is a protocol
@@ -214,6 +216,9 @@ type Session struct {
 	pingSeq    atomic.Uint32
 	pingSent   atomic.Uint32 // sequence number of the last ping written
 	pongGot    atomic.Uint32 // sequence number of the last ping answered
+	pingAt     atomic.Int64  // nanoseconds since start when the last ping was written
+	pingFrom   atomic.Int64  // bytes read from the client when the last ping was written, or at the last tick after
+	pingAcked  atomic.Int64  // bytes the client had acknowledged then (ackedBytes)
 
 	ctx    context.Context    // limiter waits use it; with lim only
 	cancel context.CancelFunc // ends ctx at teardown; with lim only
@@ -736,6 +741,11 @@ func (s *Session) onIdle() {
 	s.initiate(causeIdle, ws.StatusGoingAway, ws.StatusGoingAway, nil)
 }
 
+// ackSlack is how many acknowledged bytes do not show that the client
+// reads: the ping itself, in a TLS record, which its kernel acknowledges
+// whether or not anything reads it.
+const ackSlack = 64
+
 func (s *Session) onPing() {
 	defer s.release()
 	s.mu.Lock()
@@ -744,8 +754,31 @@ func (s *Session) onPing() {
 		return
 	}
 	if s.pingSent.Load() != s.pongGot.Load() {
+		// The last ping is unanswered. A client that sent bytes since
+		// it went out (or since the last tick) is alive, only busy: it
+		// cannot answer in the middle of a frame it is sending. So is
+		// one that acknowledged bytes: it is still reading what came
+		// before the ping (a long frame, slowly). A ping that went out
+		// less than an interval ago gets the rest of the interval.
+		// Otherwise the client is gone.
+		since := time.Since(s.start) - time.Duration(s.pingAt.Load())
+		read := s.c2b.bytes.Load()
+		acked, ackedOK := ackedBytes(s.client.conn)
+		wait := s.opt.PingInterval
+		switch {
+		case read != s.pingFrom.Load() || ackedOK && acked-s.pingAcked.Load() > ackSlack:
+			s.pingFrom.Store(read)
+			s.pingAcked.Store(acked)
+		case since < wait:
+			wait -= since
+		default:
+			s.mu.Unlock()
+			s.initiate(causePing, ws.StatusGoingAway, ws.StatusGoingAway, nil)
+			return
+		}
+		s.refs.Add(1)
+		s.ping.Reset(wait)
 		s.mu.Unlock()
-		s.initiate(causePing, ws.StatusGoingAway, ws.StatusGoingAway, nil)
 		return
 	}
 	// A ping still waiting for the client stream to reach a frame boundary

@@ -1,8 +1,10 @@
 package splice
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"runtime"
 	"strings"
 	"sync"
@@ -451,6 +453,71 @@ func TestPing(t *testing.T) {
 	if st.Reason != "ping_timeout" || st.ClosedBy != "proxy" {
 		t.Errorf("stats: %+v", st)
 	}
+}
+
+// TestPingBusyClient: a client that cannot answer a ping because it is
+// busy with one long frame, sending it or reading it slowly, is alive, and
+// must not be closed for a ping timeout.
+func TestPingBusyClient(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	t.Run("sending a long frame", func(t *testing.T) {
+		r := newRig(t, rigConfig{opt: Options{PingInterval: interval}})
+		fr := cframe(opBinary, payloadOf(64<<10))
+		got := make(chan []byte, 1)
+		go func() {
+			b := make([]byte, len(fr))
+			io.ReadFull(r.backend, b)
+			got <- b
+		}()
+		// Over about eight intervals; no pong can come in its middle.
+		step := len(fr) / 16
+		for i := 0; i < len(fr); i += step {
+			write(t, r.client, fr[i:min(i+step, len(fr))], 0)
+			time.Sleep(interval / 2)
+		}
+		if b := <-got; !bytes.Equal(b, fr) {
+			t.Fatal("the backend got another frame")
+		}
+		f := readFrame(t, r.client)
+		if f.op != opPing {
+			t.Fatalf("after the frame, got %+v, want the ping that waited", f)
+		}
+		write(t, r.client, cframe(opPong, f.payload), 0)
+		msg := cframe(opText, []byte("still here"))
+		write(t, r.client, msg, 0)
+		expectBytes(t, r.backend, msg)
+	})
+	t.Run("reading a long frame slowly", func(t *testing.T) {
+		fr := bframe(opBinary, payloadOf(8<<20)) // before the first ping is due
+		r := newRig(t, rigConfig{opt: Options{PingInterval: interval}})
+		errc := writeAsync(t, r.backend, fr, 0)
+		// About 1.3 s: far more than the socket buffers hold, and the
+		// ping that waits for the end of the frame reaches the client
+		// only after what they held.
+		buf := make([]byte, 64<<10)
+		for off := 0; off < len(fr); {
+			n, err := r.client.Read(buf[:min(len(buf), len(fr)-off)])
+			if err != nil {
+				t.Fatalf("after %d bytes: %v", off, err)
+			}
+			if !bytes.Equal(buf[:n], fr[off:off+n]) {
+				t.Fatalf("bytes %d-%d differ", off, off+n)
+			}
+			off += n
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		f := readFrame(t, r.client)
+		if f.op != opPing {
+			t.Fatalf("after the frame, got %+v, want the ping that waited", f)
+		}
+		write(t, r.client, cframe(opPong, f.payload), 0)
+		msg := cframe(opText, []byte("still here"))
+		write(t, r.client, msg, 0)
+		expectBytes(t, r.backend, msg)
+	})
 }
 
 func TestPeerGone(t *testing.T) {
