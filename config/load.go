@@ -246,6 +246,24 @@ var (
 	yamlAnchorRE = regexp.MustCompile(`^yaml: unknown anchor '(.*)' referenced$`)
 )
 
+// parserProblems are the errors of the YAML library's parser (the others
+// come from its scanner). For these the library reports the line of the
+// collection or node being parsed counted from 0, not from 1 as it does for
+// the scanner's, so the line it gives is one before the one meant.
+var parserProblems = []string{
+	"did not find expected <stream-start>",
+	"did not find expected <document start>",
+	"found undefined tag handle",
+	"did not find expected node content",
+	"did not find expected '-' indicator",
+	"did not find expected key",
+	"did not find expected ',' or ']'",
+	"did not find expected ',' or '}'",
+	"found duplicate %YAML directive",
+	"found incompatible YAML document",
+	"found duplicate %TAG directive",
+}
+
 // syntaxError turns an error of the YAML library ("yaml: line N: msg") into
 // a positioned Error. The library gives no column; the error points at the
 // start of the line.
@@ -253,7 +271,16 @@ func (d *decoder) syntaxError(data []byte, err error) {
 	msg := err.Error()
 	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
-		d.errorAt(max(line, 1), 1, "", "invalid YAML: %s", m[2])
+		problem := m[2]
+		if slices.Contains(parserProblems, problem) {
+			line++
+		}
+		if strings.HasSuffix(problem, "',' or '}'") || strings.HasSuffix(problem, "',' or ']'") {
+			// Most often a value with a flow indicator ({ } [ ] ,) or a
+			// ${NAME} written bare inside a {...} or [...].
+			problem += " (in the {...} or [...] that starts on this line; quote a value that holds { } [ ] or , such as \"${NAME}\")"
+		}
+		d.errorAt(max(line, 1), 1, "", "invalid YAML: %s", problem)
 		return
 	}
 	if m := yamlAnchorRE.FindStringSubmatch(msg); m != nil {

@@ -57,7 +57,13 @@ var errorTests = []struct {
 		`sluice.yaml:1:1: want a mapping, got a list`,
 	}},
 	{"syntax error", "routes:\n  - path: /\n    upstreams: [x\n", []string{
-		`sluice.yaml:2:1: invalid YAML: did not find expected ',' or ']'`,
+		`sluice.yaml:3:1: invalid YAML: did not find expected ',' or ']' (in the {...} or [...] that starts on this line; quote a value that holds { } [ ] or , such as "${NAME}")`,
+	}},
+	{"bare variable in a flow mapping", "routes:\n  - path: /\n    upstreams: [http://a]\n    rate_limit: {requests_per_second: ${RPS}}\n", []string{
+		`sluice.yaml:4:1: invalid YAML: did not find expected ',' or '}' (in the {...} or [...] that starts on this line; quote a value that holds { } [ ] or , such as "${NAME}")`,
+	}},
+	{"parser error in a block", "routes:\n  - path: /\n  upstreams: [http://a]\n", []string{
+		`sluice.yaml:2:1: invalid YAML: did not find expected '-' indicator`,
 	}},
 	{"tab indent", "routes:\n\t- path: /\n", []string{
 		`sluice.yaml:2:1: invalid YAML: found character that cannot start any token`,
