@@ -361,6 +361,21 @@ routes: [{upstreams: [http://x]}]
 		`sluice.yaml:8:14: tls.certificates[2].cert: "testdata" is a directory, not a file`,
 		`sluice.yaml:8:24: tls.certificates[2].key: empty: want a file path`,
 	}},
+	{"files mode, pairs that do not load", `
+listen: {https: ":443"}
+tls:
+  mode: files
+  certificates:
+    - {cert: pair.crt, key: pair.key}
+    - {cert: pair.crt, key: other.key}
+    - {cert: notpem.crt, key: pair.key}
+    - {cert: pair.crt, key: notpem.crt}
+routes: [{upstreams: [http://x]}]
+`, []string{
+		`sluice.yaml:7:14: tls.certificates[1].cert: "testdata/pair.crt" and "testdata/other.key" are not a certificate and its key: private key type does not match public key type`,
+		`sluice.yaml:8:14: tls.certificates[2].cert: "testdata/notpem.crt": failed to find any PEM data in certificate input`,
+		`sluice.yaml:9:29: tls.certificates[3].key: "testdata/notpem.crt": failed to find any PEM data in key input`,
+	}},
 	{"files mode without certificates", `
 listen: {https: ":443"}
 tls: {mode: files}
@@ -631,8 +646,12 @@ routes: [{hosts: [www.example.com], upstreams: [http://x]}]
 func TestFilesMode(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	for _, name := range []string{"site.crt", "site.key"} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte("pem"), 0o600); err != nil {
+	for name, from := range map[string]string{"site.crt": "pair.crt", "site.key": "pair.key"} {
+		pem, err := os.ReadFile(filepath.Join("testdata", from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), pem, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

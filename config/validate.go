@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"io/fs"
 	"net"
@@ -112,8 +113,10 @@ func (d *decoder) checkTLS(c *Config, top loc) {
 		}
 		for i := range t.Certificates {
 			cf := &t.Certificates[i]
-			d.checkFile(&cf.Cert, cf.Cert)
-			d.checkFile(&cf.Key, cf.Key)
+			certOK := d.checkFile(&cf.Cert, cf.Cert)
+			if keyOK := d.checkFile(&cf.Key, cf.Key); certOK && keyOK {
+				d.checkPair(cf)
+			}
 		}
 	case TLSACME:
 		if !hasACMEHost(c.Routes) {
@@ -130,13 +133,22 @@ func (d *decoder) checkTLS(c *Config, top loc) {
 }
 
 // checkFile reports when the file set at ptr, named path, is not a
-// readable regular file.
-func (d *decoder) checkFile(ptr *string, path string) {
+// readable regular file, and returns whether it is.
+func (d *decoder) checkFile(ptr *string, path string) bool {
 	at, ok := d.seen[ptr]
 	if !ok || path == "" {
-		return
+		return false
 	}
-	st, err := os.Stat(path)
+	f, err := os.Open(path)
+	if err == nil {
+		var st fs.FileInfo
+		if st, err = f.Stat(); err == nil && st.IsDir() {
+			f.Close()
+			d.errorf(at.node, at.path, "%q is a directory, not a file", path)
+			return false
+		}
+		f.Close()
+	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		d.errorf(at.node, at.path, "%q: no such file", path)
@@ -146,8 +158,33 @@ func (d *decoder) checkFile(ptr *string, path string) {
 			err = perr.Err
 		}
 		d.errorf(at.node, at.path, "%q: %v", path, err)
-	case st.IsDir():
-		d.errorf(at.node, at.path, "%q is a directory, not a file", path)
+	}
+	return err == nil
+}
+
+// checkPair loads a files-mode pair as sluice run will, so that a
+// certificate that does not parse, or a key that is not its key, is found
+// by validate (and refuses a reload) with its position, not only when the
+// listener starts.
+func (d *decoder) checkPair(cf *CertFile) {
+	certPEM, err1 := os.ReadFile(cf.Cert)
+	keyPEM, err2 := os.ReadFile(cf.Key)
+	if err1 != nil || err2 != nil {
+		return // checkFile has just opened them; a race with an edit
+	}
+	at := d.seen[&cf.Cert]
+	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "tls: ")
+		if strings.Contains(msg, "key input") || strings.Contains(msg, "private key") && !strings.Contains(msg, "match") {
+			at = d.seen[&cf.Key]
+			d.errorf(at.node, at.path, "%q: %s", cf.Key, msg)
+			return
+		}
+		if strings.Contains(msg, "match") {
+			d.errorf(at.node, at.path, "%q and %q are not a certificate and its key: %s", cf.Cert, cf.Key, msg)
+			return
+		}
+		d.errorf(at.node, at.path, "%q: %s", cf.Cert, msg)
 	}
 }
 
