@@ -50,6 +50,7 @@ type ConnServer struct {
 	conns   map[*serverConn]struct{}
 	lns     map[net.Listener]struct{}
 	closing atomic.Bool    // read per request, so not under mu
+	forced  atomic.Bool    // Close ran: connections were closed under their exchanges
 	wg      sync.WaitGroup // one count per connection being served
 	workers *workers
 }
@@ -186,6 +187,7 @@ func (s *ConnServer) Shutdown(ctx context.Context) error {
 func (s *ConnServer) Close() {
 	s.mu.Lock()
 	s.closing.Store(true)
+	s.forced.Store(true)
 	for ln := range s.lns {
 		ln.Close()
 	}

@@ -234,6 +234,11 @@ func (sc *serverConn) forward(x *exchange, tgt *target) bool {
 		if sc.gone.Load() {
 			pc.close()
 			x.info.err, x.info.reason = nil, "client_gone" // err is our own wake-up
+			if sc.s.forced.Load() {
+				// The shutdown's grace ran out and closed the client's
+				// connection: the client did not leave.
+				x.info.reason = "shutdown"
+			}
 			x.rec.status = statusClientGone
 			return false
 		}

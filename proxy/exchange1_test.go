@@ -3,7 +3,9 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -467,5 +469,36 @@ func TestDateAdded(t *testing.T) {
 		if d, err := http.ParseTime(dates[0]); err != nil || want == "" && time.Since(d).Abs() > time.Minute {
 			t.Fatalf("%s: Date %q (%v)", path, dates[0], err)
 		}
+	}
+}
+
+// TestShutdownCutIsLogged: a request still waiting for its upstream when
+// the shutdown's grace runs out is logged as cut by the shutdown, not as a
+// client that left.
+func TestShutdownCutIsLogged(t *testing.T) {
+	release := make(chan struct{})
+	up := rawUpstream(t, func(c net.Conn) {
+		defer c.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		<-release
+	})
+	defer close(release)
+	p := startProxy(t, &config.Config{Routes: []config.Route{route("/", "http://"+up.Addr().String())}})
+	c, err := net.Dial("tcp", p.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(200 * time.Millisecond) // in the exchange, past the hang-up watch's start
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := p.cs.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown: %v, want the grace to run out", err)
+	}
+	if rec := p.log.lastLog(t, "/slow"); rec["error"] != "shutdown" {
+		t.Fatalf("access log: %v, want error shutdown", rec)
 	}
 }
