@@ -195,3 +195,16 @@ func TestIdleMemory(t *testing.T) {
 		<-done
 	}
 }
+
+// TestSessionSizeClass keeps the Session within its allocation size class:
+// objects over 512 bytes that hold pointers carry an 8-byte header, and a
+// Session over 1016 bytes would take the 1152-byte class, 128 bytes more
+// for every idle session.
+func TestSessionSizeClass(t *testing.T) {
+	if unsafe.Sizeof(uintptr(0)) != 8 {
+		t.Skip("sized for 64-bit platforms")
+	}
+	if n := unsafe.Sizeof(Session{}); n+8 > 1024 {
+		t.Fatalf("Session is %d bytes: with the allocator's header it no longer fits 1024", n)
+	}
+}

@@ -44,6 +44,10 @@ type peer struct {
 	raw  syscall.RawConn // readiness without a buffer; nil: blocking reads
 	tls  bool            // conn is a *tls.Conn
 	side side
+	// graceUsed: how many times the close grace was extended for
+	// a close frame that waits for the end of a frame still moving to
+	// this peer (Session.onGrace). Touched by onGrace only.
+	graceUsed uint8
 
 	wmu         sync.Mutex
 	midFrame    bool    // guarded by wmu: the stream is inside a frame
@@ -162,7 +166,10 @@ func (s *Session) flushPendingLocked(p *peer, now time.Time) (closedNow bool, er
 	if p.midFrame {
 		return false, nil
 	}
-	if p.pendPing.Swap(false) {
+	// Once a close handshake is under way a ping is pointless, and the
+	// client's answer could reach a socket that the end of the handshake
+	// has closed (a reset, which can cost the client the close frame).
+	if p.pendPing.Swap(false) && !s.closing.Load() {
 		seq := s.pingSeq.Load()
 		var pl [pingLen]byte
 		copy(pl[:], pingMagic[:])

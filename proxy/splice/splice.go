@@ -219,6 +219,11 @@ type Session struct {
 	pingAt     atomic.Int64  // nanoseconds since start when the last ping was written
 	pingFrom   atomic.Int64  // bytes read from the client when the last ping was written, or at the last tick after
 	pingAcked  atomic.Int64  // bytes the client had acknowledged then (ackedBytes)
+	// graceAt: bytes read both ways when onGrace last looked (it alone
+	// touches it). One sum for both directions, not a count in each: the
+	// Session must stay within 1016 bytes, its size class with the
+	// allocator's header, or each idle session costs 128 bytes more.
+	graceAt int64
 
 	ctx    context.Context    // limiter waits use it; with lim only
 	cancel context.CancelFunc // ends ctx at teardown; with lim only
@@ -718,9 +723,50 @@ func (s *Session) armGraceLocked() {
 	}
 }
 
+// maxGraceExtensions bounds how long a close may wait for the end of a
+// frame that keeps moving: this many more closeGrace periods.
+const maxGraceExtensions = 30
+
 func (s *Session) onGrace() {
 	defer s.release()
+	// A close frame can only follow a frame, not cut it. If one still
+	// waits for the end of a frame while the session moved bytes during
+	// the grace (a long frame to a slow reader), the grace is extended, so
+	// that the peer gets the whole frame and then its close code rather
+	// than a cut connection; at most maxGraceExtensions times. Shutdown's
+	// own deadline (Run's context) still ends the session on time.
+	n := s.c2b.bytes.Load() + s.b2c.bytes.Load()
+	moved := n != s.graceAt
+	s.graceAt = n
+	if moved && (s.closeWaits(&s.client) || s.closeWaits(&s.backend)) {
+		s.mu.Lock()
+		if !s.torn {
+			s.refs.Add(1)
+			s.grace.Reset(closeGrace)
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
 	s.teardown()
+}
+
+// closeWaits reports whether a close frame for p still waits for the end of
+// a frame to p, and takes one of p's extensions if so.
+func (s *Session) closeWaits(p *peer) bool {
+	if p.pendClose.Load() == 0 || p.gone.Load() || p.graceUsed >= maxGraceExtensions {
+		return false
+	}
+	// A writer blocked on p holds the lock: it is in a frame too.
+	mid := true
+	if p.wmu.TryLock() {
+		mid = p.midFrame && !p.closed
+		p.wmu.Unlock()
+	}
+	if mid {
+		p.graceUsed++
+	}
+	return mid
 }
 
 func (s *Session) onIdle() {

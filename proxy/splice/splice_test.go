@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -459,7 +460,9 @@ func TestPing(t *testing.T) {
 // busy with one long frame, sending it or reading it slowly, is alive, and
 // must not be closed for a ping timeout.
 func TestPingBusyClient(t *testing.T) {
-	const interval = 50 * time.Millisecond
+	// Long enough that a loaded machine's stalls of the test's own reads
+	// and writes do not look like a silent client.
+	const interval = 200 * time.Millisecond
 	t.Run("sending a long frame", func(t *testing.T) {
 		r := newRig(t, rigConfig{opt: Options{PingInterval: interval}})
 		fr := cframe(opBinary, payloadOf(64<<10))
@@ -469,11 +472,11 @@ func TestPingBusyClient(t *testing.T) {
 			io.ReadFull(r.backend, b)
 			got <- b
 		}()
-		// Over about eight intervals; no pong can come in its middle.
+		// Over about four intervals; no pong can come in its middle.
 		step := len(fr) / 16
 		for i := 0; i < len(fr); i += step {
 			write(t, r.client, fr[i:min(i+step, len(fr))], 0)
-			time.Sleep(interval / 2)
+			time.Sleep(interval / 4)
 		}
 		if b := <-got; !bytes.Equal(b, fr) {
 			t.Fatal("the backend got another frame")
@@ -491,9 +494,9 @@ func TestPingBusyClient(t *testing.T) {
 		fr := bframe(opBinary, payloadOf(8<<20)) // before the first ping is due
 		r := newRig(t, rigConfig{opt: Options{PingInterval: interval}})
 		errc := writeAsync(t, r.backend, fr, 0)
-		// About 1.3 s: far more than the socket buffers hold, and the
-		// ping that waits for the end of the frame reaches the client
-		// only after what they held.
+		// About 1.3 s (six intervals): far more than the socket buffers
+		// hold, and the ping that waits for the end of the frame reaches
+		// the client only after what they held.
 		// On a loaded machine the first ping can be due before the frame
 		// begins: it then comes first, whole, and is answered.
 		head := readN(t, r.client, 2)
@@ -528,6 +531,57 @@ func TestPingBusyClient(t *testing.T) {
 		write(t, r.client, msg, 0)
 		expectBytes(t, r.backend, msg)
 	})
+}
+
+// TestCloseAfterLongFrame: a shutdown while a long frame streams to a slow
+// client lets the frame finish, then sends the client its close frame,
+// though that takes longer than the close handshake's grace.
+func TestCloseAfterLongFrame(t *testing.T) {
+	fr := bframe(opBinary, payloadOf(4<<20))
+	// Small socket buffers on the client's side, so that the session is
+	// inside the frame until the client has read nearly all of it.
+	smallBuffers := func(tb testing.TB) (a, b net.Conn) {
+		a, b = tcpPair(tb)
+		a.(*net.TCPConn).SetReadBuffer(16 << 10)
+		b.(*net.TCPConn).SetWriteBuffer(16 << 10)
+		return a, b
+	}
+	r := newRig(t, rigConfig{clientPair: smallBuffers})
+	errc := writeAsync(t, r.backend, fr, 0)
+	buf := make([]byte, 16<<10)
+	off := 0
+	// About 2.5 s of reading in all; the shutdown comes after a quarter.
+	read := func(until int) {
+		for off < until {
+			n, err := r.client.Read(buf[:min(len(buf), until-off)])
+			if err != nil {
+				t.Fatalf("after %d bytes of the frame: %v", off, err)
+			}
+			if !bytes.Equal(buf[:n], fr[off:off+n]) {
+				t.Fatalf("bytes %d-%d differ", off, off+n)
+			}
+			off += n
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	read(len(fr) / 4)
+	start := time.Now()
+	r.s.Shutdown()
+	expectClose(t, r.backend, 1001, true, false)
+	read(len(fr))
+	if took := time.Since(start); took < 2*closeGrace {
+		t.Logf("the frame's end came %v after the shutdown: not past the grace, so this run did not test the extension", took)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	answerClose(t, r.backend, false)
+	expectClose(t, r.client, 1001, false, false)
+	answerClose(t, r.client, true)
+	expectEOF(t, r.client)
+	if st := r.stats(t); st.Reason != "shutdown" {
+		t.Errorf("stats: %+v", st)
+	}
 }
 
 func TestPeerGone(t *testing.T) {
