@@ -106,21 +106,27 @@ func TestConnWire(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := rawExchange(t, p, tt.req)
-			rest := got
-			for _, w := range tt.want {
-				i := strings.Index(rest, w)
-				if i < 0 {
-					t.Fatalf("answer lacks %q (in order) in:\n%s", w, got)
-				}
-				rest = rest[i+len(w):]
-			}
-			for _, n := range tt.not {
-				if strings.Contains(got, n) {
-					t.Fatalf("answer has %q:\n%s", n, got)
-				}
-			}
+			checkAnswer(t, rawExchange(t, p, tt.req), tt.want, tt.not)
 		})
+	}
+}
+
+// checkAnswer checks that got holds each of want, in order, and none of
+// not.
+func checkAnswer(t *testing.T, got string, want, not []string) {
+	t.Helper()
+	rest := got
+	for _, w := range want {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Fatalf("answer lacks %q (in order) in:\n%s", w, got)
+		}
+		rest = rest[i+len(w):]
+	}
+	for _, n := range not {
+		if strings.Contains(got, n) {
+			t.Fatalf("answer has %q:\n%s", n, got)
+		}
 	}
 }
 

@@ -104,19 +104,7 @@ func TestErrorRepliesCloseWhenAsked(t *testing.T) {
 					t.Fatalf("connection did not stay open: %v", err)
 				}
 			}
-			rest := got
-			for _, w := range tt.want {
-				i := strings.Index(rest, w)
-				if i < 0 {
-					t.Fatalf("answer lacks %q (in order) in:\n%s", w, got)
-				}
-				rest = rest[i+len(w):]
-			}
-			for _, n := range tt.not {
-				if strings.Contains(got, n) {
-					t.Fatalf("answer has %q:\n%s", n, got)
-				}
-			}
+			checkAnswer(t, got, tt.want, tt.not)
 		})
 	}
 }
@@ -218,114 +206,77 @@ func sendBody(c net.Conn, size int, chunk []byte) error {
 	return nil
 }
 
-// TestEarlyAnswerRelayed has an upstream that answers 413 and hangs up
-// without reading the body: the client must get that answer (not a 502,
-// and not a reset that destroys it), however much it was still sending.
-func TestEarlyAnswerRelayed(t *testing.T) {
-	up := rawUpstream(t, func(c net.Conn) {
-		defer c.Close()
-		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
-			return
-		}
-		io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
-	})
-	r := route("/", "http://"+up.Addr().String())
-	r.MaxBody = 256 << 20
-	p := startProxy(t, &config.Config{Routes: []config.Route{r}})
-	const size = 32 << 20
-	chunk := make([]byte, 64<<10)
-	for i := range 5 {
-		c, err := net.Dial("tcp", p.Listener.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		sent := make(chan error, 1)
-		go func() { sent <- sendBody(c, size, chunk) }()
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatalf("attempt %d: %v", i, err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		serr := <-sent
-		c.Close()
-		if resp.StatusCode != 413 || string(b) != "too large" {
-			t.Fatalf("attempt %d: %d %q, want the upstream's 413", i, resp.StatusCode, b)
-		}
-		if serr != nil {
-			t.Fatalf("attempt %d: sending the body: %v", i, serr)
-		}
+// TestEarlyAnswers: answers that come before the client has sent its whole
+// body reach the client intact, and the close that follows reads what the
+// client still sends rather than reset the connection under it.
+func TestEarlyAnswers(t *testing.T) {
+	tests := []struct {
+		name       string
+		upstream   func(c net.Conn, br *bufio.Reader) // after the request head
+		maxBody    int64
+		size       int
+		wantStatus int
+		wantBody   string // "" = not checked
+	}{
+		{
+			name: "the upstream answers 413 and hangs up unread",
+			upstream: func(c net.Conn, br *bufio.Reader) {
+				io.WriteString(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+			},
+			maxBody: 256 << 20, size: 32 << 20, wantStatus: 413, wantBody: "too large",
+		},
+		{
+			name: "the upstream hangs up in the middle of the body",
+			upstream: func(c net.Conn, br *bufio.Reader) {
+				io.CopyN(io.Discard, br, 1<<20)
+			},
+			maxBody: 256 << 20, size: 16 << 20, wantStatus: 502,
+		},
+		{
+			name: "sluice's own 413 for a Content-Length over max_body",
+			// Were the request to go upstream, no answer would come.
+			upstream: func(c net.Conn, br *bufio.Reader) { io.Copy(io.Discard, br) },
+			maxBody:  1 << 10, size: 8 << 20, wantStatus: 413,
+		},
 	}
-}
-
-// TestUpstreamDiesMidBody: an upstream that hangs up, without answering,
-// in the middle of a body gets the client a 502, after its body.
-func TestUpstreamDiesMidBody(t *testing.T) {
-	up := rawUpstream(t, func(c net.Conn) {
-		defer c.Close()
-		br := bufio.NewReader(c)
-		if _, err := http.ReadRequest(br); err != nil {
-			return
-		}
-		io.CopyN(io.Discard, br, 1<<20)
-	})
-	r := route("/", "http://"+up.Addr().String())
-	r.MaxBody = 256 << 20
-	p := startProxy(t, &config.Config{Routes: []config.Route{r}})
-	chunk := make([]byte, 64<<10)
-	for i := range 3 {
-		c, err := net.Dial("tcp", p.Listener.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		sent := make(chan error, 1)
-		go func() { sent <- sendBody(c, 16<<20, chunk) }()
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatalf("attempt %d: %v", i, err)
-		}
-		serr := <-sent
-		c.Close()
-		if resp.StatusCode != 502 {
-			t.Fatalf("attempt %d: %d, want 502", i, resp.StatusCode)
-		}
-		if serr != nil {
-			t.Fatalf("attempt %d: sending the body: %v", i, serr)
-		}
-	}
-}
-
-// TestOwnErrorBeforeBodyLingers: sluice's own 413 (a Content-Length over
-// max_body) comes before the client has sent its body; the close that
-// follows must read what the client still sends rather than reset the
-// connection under it.
-func TestOwnErrorBeforeBodyLingers(t *testing.T) {
-	up := echoUpstream(t, "up")
-	r := route("/", up.URL)
-	r.MaxBody = 1 << 10
-	p := startProxy(t, &config.Config{Routes: []config.Route{r}})
-	chunk := make([]byte, 64<<10)
-	for i := range 5 {
-		c, err := net.Dial("tcp", p.Listener.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		sent := make(chan error, 1)
-		go func() { sent <- sendBody(c, 8<<20, chunk) }()
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			t.Fatalf("attempt %d: %v", i, err)
-		}
-		serr := <-sent
-		c.Close()
-		if resp.StatusCode != 413 {
-			t.Fatalf("attempt %d: %d, want 413", i, resp.StatusCode)
-		}
-		if serr != nil {
-			t.Fatalf("attempt %d: sending the body: %v", i, serr)
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			up := rawUpstream(t, func(c net.Conn) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				tt.upstream(c, br)
+			})
+			r := route("/", "http://"+up.Addr().String())
+			r.MaxBody = tt.maxBody
+			p := startProxy(t, &config.Config{Routes: []config.Route{r}})
+			chunk := make([]byte, 64<<10)
+			for i := range 3 {
+				c, err := net.Dial("tcp", p.Listener.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				sent := make(chan error, 1)
+				go func() { sent <- sendBody(c, tt.size, chunk) }()
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				if err != nil {
+					c.Close()
+					t.Fatalf("attempt %d: %v", i, err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				serr := <-sent
+				c.Close()
+				if resp.StatusCode != tt.wantStatus || tt.wantBody != "" && string(b) != tt.wantBody {
+					t.Fatalf("attempt %d: %d %q, want %d %q", i, resp.StatusCode, b, tt.wantStatus, tt.wantBody)
+				}
+				if serr != nil {
+					t.Fatalf("attempt %d: sending the body: %v", i, serr)
+				}
+			}
+		})
 	}
 }
 

@@ -456,6 +456,55 @@ func TestPing(t *testing.T) {
 	}
 }
 
+// skipEarlyPings reads the first two bytes of a frame header from the
+// client's end, past any whole pings before it (answered if answer is set):
+// on a loaded machine the first ping can be due before the frame a test
+// waits for begins.
+func skipEarlyPings(t *testing.T, c net.Conn, answer bool) []byte {
+	t.Helper()
+	head := readN(t, c, 2)
+	for head[0] == 0x80|opPing {
+		payload := readN(t, c, int(head[1]&0x7f))
+		if answer {
+			write(t, c, cframe(opPong, payload), 0)
+		}
+		head = readN(t, c, 2)
+	}
+	return head
+}
+
+// readSlowly reads want[from:to] from c, chunk bytes at a time with a
+// pause after each, and checks them.
+func readSlowly(t *testing.T, c net.Conn, want []byte, from, to, chunk int) {
+	t.Helper()
+	buf := make([]byte, chunk)
+	for off := from; off < to; {
+		n, err := c.Read(buf[:min(len(buf), to-off)])
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", off, err)
+		}
+		if !bytes.Equal(buf[:n], want[off:off+n]) {
+			t.Fatalf("bytes %d-%d differ", off, off+n)
+		}
+		off += n
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// answerWaitingPing reads the ping that waited for the end of a long frame,
+// answers it, and checks that the session still carries messages.
+func answerWaitingPing(t *testing.T, r *rig) {
+	t.Helper()
+	f := readFrame(t, r.client)
+	if f.op != opPing {
+		t.Fatalf("after the frame, got %+v, want the ping that waited", f)
+	}
+	write(t, r.client, cframe(opPong, f.payload), 0)
+	msg := cframe(opText, []byte("still here"))
+	write(t, r.client, msg, 0)
+	expectBytes(t, r.backend, msg)
+}
+
 // TestPingBusyClient: a client that cannot answer a ping because it is
 // busy with one long frame, sending it or reading it slowly, is alive, and
 // must not be closed for a ping timeout.
@@ -481,14 +530,7 @@ func TestPingBusyClient(t *testing.T) {
 		if b := <-got; !bytes.Equal(b, fr) {
 			t.Fatal("the backend got another frame")
 		}
-		f := readFrame(t, r.client)
-		if f.op != opPing {
-			t.Fatalf("after the frame, got %+v, want the ping that waited", f)
-		}
-		write(t, r.client, cframe(opPong, f.payload), 0)
-		msg := cframe(opText, []byte("still here"))
-		write(t, r.client, msg, 0)
-		expectBytes(t, r.backend, msg)
+		answerWaitingPing(t, r)
 	})
 	t.Run("reading a long frame slowly", func(t *testing.T) {
 		fr := bframe(opBinary, payloadOf(8<<20)) // before the first ping is due
@@ -497,39 +539,15 @@ func TestPingBusyClient(t *testing.T) {
 		// About 1.3 s (six intervals): far more than the socket buffers
 		// hold, and the ping that waits for the end of the frame reaches
 		// the client only after what they held.
-		// On a loaded machine the first ping can be due before the frame
-		// begins: it then comes first, whole, and is answered.
-		head := readN(t, r.client, 2)
-		for head[0] == 0x80|opPing {
-			write(t, r.client, cframe(opPong, readN(t, r.client, int(head[1]&0x7f))), 0)
-			head = readN(t, r.client, 2)
-		}
+		head := skipEarlyPings(t, r.client, true)
 		if !bytes.Equal(head, fr[:2]) {
 			t.Fatalf("got % x, want the frame's header", head)
 		}
-		buf := make([]byte, 64<<10)
-		for off := 2; off < len(fr); {
-			n, err := r.client.Read(buf[:min(len(buf), len(fr)-off)])
-			if err != nil {
-				t.Fatalf("after %d bytes: %v", off, err)
-			}
-			if !bytes.Equal(buf[:n], fr[off:off+n]) {
-				t.Fatalf("bytes %d-%d differ", off, off+n)
-			}
-			off += n
-			time.Sleep(10 * time.Millisecond)
-		}
+		readSlowly(t, r.client, fr, 2, len(fr), 64<<10)
 		if err := <-errc; err != nil {
 			t.Fatal(err)
 		}
-		f := readFrame(t, r.client)
-		if f.op != opPing {
-			t.Fatalf("after the frame, got %+v, want the ping that waited", f)
-		}
-		write(t, r.client, cframe(opPong, f.payload), 0)
-		msg := cframe(opText, []byte("still here"))
-		write(t, r.client, msg, 0)
-		expectBytes(t, r.backend, msg)
+		answerWaitingPing(t, r)
 	})
 }
 
@@ -548,27 +566,12 @@ func TestCloseAfterLongFrame(t *testing.T) {
 	}
 	r := newRig(t, rigConfig{clientPair: smallBuffers})
 	errc := writeAsync(t, r.backend, fr, 0)
-	buf := make([]byte, 16<<10)
-	off := 0
 	// About 2.5 s of reading in all; the shutdown comes after a quarter.
-	read := func(until int) {
-		for off < until {
-			n, err := r.client.Read(buf[:min(len(buf), until-off)])
-			if err != nil {
-				t.Fatalf("after %d bytes of the frame: %v", off, err)
-			}
-			if !bytes.Equal(buf[:n], fr[off:off+n]) {
-				t.Fatalf("bytes %d-%d differ", off, off+n)
-			}
-			off += n
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	read(len(fr) / 4)
+	readSlowly(t, r.client, fr, 0, len(fr)/4, 16<<10)
 	start := time.Now()
 	r.s.Shutdown()
 	expectClose(t, r.backend, 1001, true, false)
-	read(len(fr))
+	readSlowly(t, r.client, fr, len(fr)/4, len(fr), 16<<10)
 	if took := time.Since(start); took < 2*closeGrace {
 		t.Logf("the frame's end came %v after the shutdown: not past the grace, so this run did not test the extension", took)
 	}
@@ -746,13 +749,7 @@ func TestMidFrameInjection(t *testing.T) {
 	r := newRig(t, rigConfig{opt: Options{PingInterval: 20 * time.Millisecond}})
 	// Half the frame, a pause longer than the ping interval, the rest.
 	write(t, r.backend, big[:100000], 0)
-	// On a loaded machine the first ping can be due before the frame
-	// begins: it then comes first, whole.
-	head := readN(t, r.client, 2)
-	for head[0] == 0x80|opPing {
-		readN(t, r.client, int(head[1]&0x7f))
-		head = readN(t, r.client, 2)
-	}
+	head := skipEarlyPings(t, r.client, false)
 	if got := append(head, readN(t, r.client, 100000-2)...); !bytes.Equal(got, big[:100000]) {
 		t.Fatalf("got % x\nwant % x", trunc(got), trunc(big[:100000]))
 	}
