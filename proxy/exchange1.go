@@ -330,12 +330,7 @@ func (sc *serverConn) roundTrip(x *exchange, pc *h1Conn, u *upstream, tgt *targe
 		// goroutine counts in sc.bodySent, which joinBody adds to x.
 		go sc.streamBody(pc, cfg.MaxBody, tr.responseHeader)
 	} else {
-		// From here on the client is only waited on: learn if it hangs up.
-		sc.watch(pc)
-		// response_header counts from the end of the request.
-		if d := tr.responseHeader; d > 0 {
-			pc.c.SetReadDeadline(time.Now().Add(d))
-		}
+		sc.awaitAnswer(pc, tr.responseHeader)
 	}
 	first := true
 	for {
@@ -418,10 +413,7 @@ func (sc *serverConn) streamBody(pc *h1Conn, maxBody int64, responseHeader time.
 		switch {
 		case err == errBodyAborted:
 		case err == nil:
-			sc.watch(pc)
-			if responseHeader > 0 {
-				pc.c.SetReadDeadline(time.Now().Add(responseHeader))
-			}
+			sc.awaitAnswer(pc, responseHeader)
 		case errors.As(err, &ce) || isTimeout(err):
 			// A body that failed on the client's side, or one that the
 			// upstream stopped taking for ioTimeout, ends the wait.
@@ -435,6 +427,16 @@ func (sc *serverConn) streamBody(pc *h1Conn, maxBody int64, responseHeader time.
 		}
 	}
 	sc.bodyDone <- err
+}
+
+// awaitAnswer starts the wait for the answer once the whole request is out:
+// from here on the client is only waited on, so the hang-up watch starts,
+// and response_header counts from here.
+func (sc *serverConn) awaitAnswer(pc *h1Conn, responseHeader time.Duration) {
+	sc.watch(pc)
+	if responseHeader > 0 {
+		pc.c.SetReadDeadline(time.Now().Add(responseHeader))
+	}
 }
 
 // joinBody waits for the body's goroutine, if one runs, counts what it
@@ -466,7 +468,7 @@ func isReset(err error) bool {
 // joinBody can stop: each deadline is set before the abort flag is
 // looked at, so that an abort's deadline in the past is never replaced
 // by a later one.
-func (sc *serverConn) sendBody(pc *h1Conn, maxBody int64) (err error) {
+func (sc *serverConn) sendBody(pc *h1Conn, maxBody int64) error {
 	bufp := copyBuffers.Get()
 	defer copyBuffers.Put(bufp)
 	timeout := time.Duration(ioTimeout.Load())

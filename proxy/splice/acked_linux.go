@@ -4,7 +4,6 @@ package splice
 
 import (
 	"encoding/binary"
-	"net"
 	"syscall"
 	"unsafe"
 )
@@ -13,15 +12,11 @@ import (
 // 4.1 and later): the count of bytes the peer has acknowledged.
 const bytesAckedOffset = 120
 
-// ackedBytes returns how many bytes the peer of c has acknowledged, and
-// false where that cannot be known (not a TCP socket the splice can reach,
-// or a kernel without the counter). A peer whose count grows is reading
-// what it is sent: it is alive, however slowly it reads.
-func ackedBytes(c net.Conn) (int64, bool) {
-	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
-		c = nc.NetConn()
-	}
-	rc := rawConnOf(c)
+// ackedBytes returns how many bytes the peer of the socket rc has
+// acknowledged, and false where that cannot be known (no raw socket, or a
+// kernel without the counter). A peer whose count grows is reading what it
+// is sent: it is alive, however slowly it reads.
+func ackedBytes(rc syscall.RawConn) (int64, bool) {
 	if rc == nil {
 		return 0, false
 	}

@@ -2,7 +2,7 @@
 
 package splice
 
-import "net"
+import "syscall"
 
 // ackedBytes: the count of acknowledged bytes is read on Linux only.
-func ackedBytes(net.Conn) (int64, bool) { return 0, false }
+func ackedBytes(syscall.RawConn) (int64, bool) { return 0, false }

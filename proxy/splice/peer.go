@@ -180,7 +180,7 @@ func (s *Session) flushPendingLocked(p *peer, now time.Time) (closedNow bool, er
 		}
 		s.pingAt.Store(int64(now.Sub(s.start)))
 		s.pingFrom.Store(s.c2b.bytes.Load())
-		acked, _ := ackedBytes(p.conn)
+		acked, _ := ackedBytes(p.raw)
 		s.pingAcked.Store(acked)
 		s.pingSent.Store(seq)
 		if err := s.writeLocked(p, p.frame(ws.OpPing, pl[:]), now); err != nil {

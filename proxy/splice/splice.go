@@ -809,7 +809,7 @@ func (s *Session) onPing() {
 		// Otherwise the client is gone.
 		since := time.Since(s.start) - time.Duration(s.pingAt.Load())
 		read := s.c2b.bytes.Load()
-		acked, ackedOK := ackedBytes(s.client.conn)
+		acked, ackedOK := ackedBytes(s.client.raw)
 		wait := s.opt.PingInterval
 		switch {
 		case read != s.pingFrom.Load() || ackedOK && acked-s.pingAcked.Load() > ackSlack:
